@@ -1,0 +1,5 @@
+"""Export to and import from the Hugging Face format."""
+
+from minillama.export.hf import config_from_hf_dict, config_to_hf_dict, load_hf, save_hf
+
+__all__ = ["config_from_hf_dict", "config_to_hf_dict", "load_hf", "save_hf"]

@@ -1,0 +1,7 @@
+"""The hand-written LLaMA / Qwen2 model."""
+
+from minillama.model.cache import KVCache
+from minillama.model.config import PRESETS, ModelConfig
+from minillama.model.llama import CausalLMOutput, MiniLlama, causal_lm_loss, load_config
+
+__all__ = ["PRESETS", "CausalLMOutput", "KVCache", "MiniLlama", "ModelConfig", "causal_lm_loss", "load_config"]

@@ -1,0 +1,389 @@
+"""A LLaMA / Qwen2 decoder in plain PyTorch, top to bottom like the architecture diagram:
+
+    RMSNorm -> rotary embeddings -> attention (GQA, SDPA or eager, KV cache) -> SwiGLU MLP
+    -> pre-norm block -> stack + final norm -> LM head and loss.
+
+Parameter names are those of `transformers.LlamaForCausalLM`, so its state dict is ours.
+Shapes: B batch, T new tokens, S keys attended to (cache + new), H query heads, K key/value
+heads, D head_dim, C hidden_size, V vocab_size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from minillama.model.cache import KVCache
+from minillama.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight: LayerNorm without centring or bias, cheaper and as good.
+
+    Computed in float32 and cast back before the weight, as transformers does, so bf16 runs match.
+    """
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+# ---- Rotary position embeddings ------------------------------------------------------------------
+def rope_inverse_frequencies(config: ModelConfig, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """Per-pair rotation speeds (D/2,) and the cos/sin scale, for each RoPE scaling variant.
+
+    `seq_len` matters only for "dynamic" (NTK-aware) scaling, which raises the base once a
+    sequence is longer than `max_position_embeddings` instead of squeezing positions.
+    """
+    dim, base = config.head_dim, config.rope_theta
+    scaling = config.rope_scaling or {}
+    rope_type = scaling.get("rope_type", "default")
+    factor = scaling.get("factor", 1.0)
+    if rope_type == "dynamic":
+        max_pos = config.max_position_embeddings
+        seq_len = max(seq_len or max_pos, max_pos)
+        base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if rope_type == "linear":  # position interpolation: positions squeezed by `factor`
+        inv_freq = inv_freq / factor
+    elif rope_type == "llama3":  # long wavelengths squeezed, short kept, a smooth ramp between
+        old_len = scaling["original_max_position_embeddings"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+        inv_freq = torch.where(is_medium, smoothed, scaled)
+    elif rope_type == "yarn":
+        return _yarn_inverse_frequencies(config, base, factor)
+    return inv_freq, 1.0
+
+
+def _yarn_inverse_frequencies(config: ModelConfig, base: float, factor: float) -> tuple[torch.Tensor, float]:
+    """YaRN: interpolate slow dimensions, extrapolate fast ones, ramp between; rescale attention."""
+    scaling, dim = config.rope_scaling, config.head_dim
+    old_len = scaling["original_max_position_embeddings"]
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        if scaling.get("mscale") and scaling.get("mscale_all_dim"):
+            attention_factor = mscale(factor, scaling["mscale"]) / mscale(factor, scaling["mscale_all_dim"])
+        else:
+            attention_factor = mscale(factor)
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(old_len / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(scaling.get("beta_fast") or 32), correction_dim(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, attention_factor
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for positions, in the `rotate_half` layout (pairs are (i, i + D/2))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.dynamic = (config.rope_scaling or {}).get("rope_type") == "dynamic"
+        self.reset_inv_freq()
+
+    def reset_inv_freq(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the frequencies, e.g. after building the model on the meta device."""
+        inv_freq, self.scale = rope_inverse_frequencies(self.config)
+        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) positions -> cos, sin of shape (B, T, D), computed in float32."""
+        inv_freq = self.inv_freq
+        if self.dynamic:
+            longest = int(position_ids.max()) + 1
+            if longest > self.config.max_position_embeddings:
+                inv_freq = rope_inverse_frequencies(self.config, longest)[0].to(inv_freq.device)
+        freqs = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
+        return (angles.cos() * self.scale).to(dtype), (angles.sin() * self.scale).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x_i, x_{i+D/2}) pair by its position's angle. x: (B, heads, T, D), cos/sin: (B, T, D)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + rotate_half(x) * sin
+
+
+# ---- Attention -------------------------------------------------------------------------------
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """The textbook softmax(QK^T / sqrt(D) + mask) V, with grouped heads broadcast, not copied.
+
+    q: (B, H, T, D); k, v: (B, K, S, D); mask: bool (B, 1, T, S), True = may attend. -> (B, H, T, D)
+    """
+    B, H, T, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    q = q.view(B, K, H // K, T, D)  # group the query heads that share a key/value head
+    scores = q @ k.unsqueeze(2).transpose(-1, -2) / math.sqrt(D)  # (B, K, G, T, S)
+    if causal:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]  # (1, 1, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.unsqueeze(2), float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return (weights @ v.unsqueeze(2)).view(B, H, T, D)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with rotary positions and grouped key/value heads (GQA)."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.implementation = config.attn_implementation
+        C, H, K, D = config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        self.q_proj = nn.Linear(C, H * D, bias=config.attention_bias)
+        self.k_proj = nn.Linear(C, K * D, bias=config.attention_bias)
+        self.v_proj = nn.Linear(C, K * D, bias=config.attention_bias)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        """x: (B, T, C); mask: bool (B, 1, T, S) or None for plain causal. -> (B, T, C)"""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, K, S, D): everything seen so far
+        # No mask and several queries means a fresh sequence: plain causal (the fast kernel path).
+        causal = mask is None and T > 1
+        if self.implementation == "eager":
+            y = eager_attention(q, k, v, mask, causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                               enable_gqa=self.num_kv_heads != self.num_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+# ---- Feed-forward, block, stack ------------------------------------------------------------
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)): a gated MLP, better than GELU at the same parameter count."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """Token embedding, the stack of blocks and the final norm (transformers' `LlamaModel`)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, position_ids, mask, cache):
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                # Recompute the block in backward instead of storing its activations.
+                x = checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache)
+        return self.norm(x)
+
+
+# ---- The causal language model -------------------------------------------------------------
+class CausalLMOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, V), or (B, logits_to_keep, V)
+    loss: torch.Tensor | None = None
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token cross-entropy, transformers' convention: labels unshifted, -100 ignored.
+
+    logits: (B, T, V); labels: (B, T). Position t predicts labels[t + 1].
+    """
+    targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                           ignore_index=-100, label_smoothing=label_smoothing)
+
+
+class MiniLlama(nn.Module):
+    """The causal LM: `Transformer` + LM head (optionally tied to the embedding)."""
+
+    def __init__(self, config: ModelConfig, init: bool = True):
+        super().__init__()
+        self.config = config
+        self.model = Transformer(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        if init:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Normal(0, initializer_range) weights; the projections that write into the residual
+        stream (o_proj, down_proj) get std / sqrt(2 * layers) so its variance does not grow with depth."""
+        std = self.config.initializer_range
+        residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                is_residual = name.endswith(("o_proj", "down_proj"))
+                nn.init.normal_(module.weight, 0.0, residual_std if is_residual else std, generator=generator)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        self.model.rotary_emb.reset_inv_freq(self.lm_head.weight.device)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.model.gradient_checkpointing = enabled
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                cache: KVCache | None = None, logits_to_keep: int = 0,
+                label_smoothing: float = 0.0) -> CausalLMOutput:
+        """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; position_ids (B, T),
+        derived from the mask (and the cache) when omitted; labels (B, T) unshifted, -100 ignored;
+        cache: a `KVCache` to read past keys from and append to; logits_to_keep: only the last n
+        positions go through the head (1 for generation). Returns (logits, loss)."""
+        mask, position_ids = self._prepare_attention(input_ids, attention_mask, position_ids, cache)
+        hidden = self.model(input_ids, position_ids, mask, cache)  # (B, T, C)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)  # (B, T, V)
+        loss = None if labels is None else causal_lm_loss(logits, labels, label_smoothing)
+        return CausalLMOutput(logits, loss)
+
+    def _prepare_attention(self, input_ids, attention_mask, position_ids, cache):
+        """The bool attention mask (B, 1, T, S), or None when plain causal attention is exact, and
+        the positions (B, T). With left padding, positions count real tokens only."""
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if cache is not None and past + T > cache.max_seq_len:
+            raise ValueError(f"the KV cache holds {cache.max_seq_len} tokens; {past} + {T} do not fit, "
+                             "allocate a longer cache")
+        key_valid = None  # (B, S): which keys are real tokens
+        if cache is not None:
+            key_valid = cache.record_mask(attention_mask, T)
+        elif attention_mask is not None and not bool(attention_mask.all()):
+            key_valid = attention_mask.bool()
+        if position_ids is None:
+            if key_valid is None:
+                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+            else:
+                position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        if key_valid is None and (past == 0 or T == 1):
+            return None, position_ids  # plain causal, or one query that sees every cached key
+        S = past + T
+        query_pos = torch.arange(past, S, device=input_ids.device)
+        allowed = torch.arange(S, device=input_ids.device) <= query_pos[:, None]  # (T, S) causal
+        if key_valid is not None:
+            # Padding rows attend to themselves only, so no row is empty (an empty row gives NaN).
+            allowed = allowed & (key_valid[:, None, :] | (torch.arange(S, device=input_ids.device)
+                                                          == query_pos[:, None]))
+        return allowed.expand(B, T, S).unsqueeze(1), position_ids
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (a tied head counts once); optionally without the token embedding."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.model.embed_tokens.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        """Matmul FLOPs per token: 2 per weight (head included) plus attention's QK^T and AV,
+        halved for the causal mask; x3 for training (backward is twice the forward)."""
+        c = self.config
+        weights = self.num_parameters(exclude_embeddings=True)
+        if c.tie_word_embeddings:
+            weights += self.lm_head.weight.numel()
+        attention = 2 * 2 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len / 2
+        forward = 2 * weights + attention
+        return 3 * forward if training else forward
+
+    # ---- our checkpoint directories (also loadable by transformers) ----------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `config.json` + `model.safetensors` + checksum manifest, atomically."""
+        from minillama.export.hf import write_model_dir
+        from minillama.files import atomic_directory
+
+        with atomic_directory(directory) as tmp:
+            write_model_dir(self, tmp)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> MiniLlama:
+        """Load a directory written by `save_pretrained`, `save_hf` or transformers (Llama/Qwen2).
+        Loading is strict and verifies checksums when the directory has them."""
+        from minillama.export.hf import read_model_dir
+
+        return read_model_dir(Path(directory), device=device, dtype=dtype)
+
+
+def load_config(directory: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` stored in a checkpoint or transformers directory."""
+    from minillama.export.hf import config_from_hf_dict
+
+    with open(Path(directory) / "config.json", encoding="utf-8") as f:
+        return config_from_hf_dict(json.load(f))
