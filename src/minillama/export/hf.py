@@ -82,16 +82,17 @@ def config_from_hf_dict(data: dict[str, Any]) -> ModelConfig:
     return ModelConfig.from_dict(fields)
 
 
-def write_model_dir(model: MiniLlama, directory: str | os.PathLike) -> None:
-    """config.json + model.safetensors (a tied head is stored once, as transformers does)."""
+def write_model_dir(config: ModelConfig, state: dict[str, torch.Tensor], directory: str | os.PathLike) -> None:
+    """config.json + model.safetensors from a full state dict (a tied head is stored once, as
+    transformers does)."""
     directory = Path(directory)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight")
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
     dtype = next(iter(state.values())).dtype
     save_file(state, directory / WEIGHTS, metadata={"format": "pt"})
     with open(directory / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config_to_hf_dict(model.config, dtype), f, indent=2)
+        json.dump(config_to_hf_dict(config, dtype), f, indent=2)
         f.write("\n")
 
 
@@ -159,7 +160,7 @@ def save_hf(model: MiniLlama, out_dir: str | os.PathLike, tokenizer: Any = None)
     """
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
-        write_model_dir(model, tmp)
+        write_model_dir(model.config, model.state_dict(), tmp)
         with open(tmp / "generation_config.json", "w", encoding="utf-8") as f:
             json.dump(generation_config_dict(model.config), f, indent=2)
         if tokenizer is not None:

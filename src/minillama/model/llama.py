@@ -254,14 +254,16 @@ class CausalLMOutput(NamedTuple):
     loss: torch.Tensor | None = None
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Next-token cross-entropy, transformers' convention: labels unshifted, -100 ignored.
-
-    logits: (B, T, V); labels: (B, T). Position t predicts labels[t + 1].
-    """
-    targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, V) against aligned targets (B, T); -100 is ignored."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
                            ignore_index=-100, label_smoothing=label_smoothing)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token loss, transformers' convention: labels (B, T) unshifted, position t predicts
+    labels[t + 1], -100 ignored."""
+    return token_cross_entropy(logits, F.pad(labels, (0, 1), value=-100)[:, 1:], label_smoothing)
 
 
 class MiniLlama(nn.Module):
@@ -369,7 +371,7 @@ class MiniLlama(nn.Module):
         from minillama.files import atomic_directory
 
         with atomic_directory(directory) as tmp:
-            write_model_dir(self, tmp)
+            write_model_dir(self.config, self.state_dict(), tmp)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu",

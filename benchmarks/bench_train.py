@@ -1,0 +1,105 @@
+"""Training throughput: minillama vs transformers' LlamaForCausalLM, same shape, batch, dtype, threads.
+
+    python benchmarks/bench_train.py                 # stories15M shape, batch 8 x 256, 2 threads
+    python benchmarks/bench_train.py --quick         # fewer steps, no compile
+
+Prints tokens/s for each (implementation, precision, compiled) pair, ratios against transformers'
+best configuration, and achieved FLOP/s against a float32 / bf16 GEMM measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from minillama.model import MiniLlama, ModelConfig, token_cross_entropy
+from minillama.train.perf import measure_matmul_flops
+
+
+def build(kind: str, config: ModelConfig):
+    torch.manual_seed(0)
+    if kind == "minillama":
+        return MiniLlama(config)
+    import transformers
+
+    from minillama.export import config_to_hf_dict
+
+    hf_config = transformers.LlamaConfig(**{k: v for k, v in config_to_hf_dict(config).items()
+                                            if k not in ("architectures", "model_type", "torch_dtype",
+                                                         "attn_implementation")})
+    return transformers.LlamaForCausalLM._from_config(hf_config, attn_implementation="sdpa")
+
+
+def loss_fn(kind: str):
+    if kind == "minillama":
+        return lambda model, x, y: token_cross_entropy(model(x).logits, y)
+    return lambda model, x, y: model(input_ids=x, labels=x).loss  # transformers shifts inside
+
+
+def tokens_per_second(kind: str, config: ModelConfig, precision: str, compiled: bool, batch: int, seq: int,
+                      steps: int, warmup: int) -> float:
+    model = build(kind, config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    step_model = torch.compile(model) if compiled else model
+    compute = loss_fn(kind)
+    x = torch.randint(0, config.vocab_size, (batch, seq))
+    y = torch.roll(x, -1, dims=1)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step():
+        with autocast:
+            loss = compute(step_model, x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch * seq / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="stories15M")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="3 steps, eager only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = ModelConfig.from_preset(args.preset)
+    steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
+    compile_options = (False,) if args.quick else (False, True)
+    flops_per_token = MiniLlama(config).flops_per_token(args.seq)
+    peaks = {"fp32": measure_matmul_flops(torch.float32, seconds=1.0),
+             "bf16": measure_matmul_flops(torch.bfloat16, seconds=1.0)}
+    print(f"{args.preset}: batch {args.batch} x {args.seq}, {args.threads} threads, torch {torch.__version__}")
+    print(f"GEMM peak (1024^3 matmul): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    results = {}
+    for kind in ("transformers", "minillama"):
+        for precision in ("fp32", "bf16"):
+            for compiled in compile_options:
+                rate = tokens_per_second(kind, config, precision, compiled, args.batch, args.seq, steps, warmup)
+                results[kind, precision, compiled] = rate
+                achieved = rate * flops_per_token
+                print(f"{kind:<13} {precision} {'compiled' if compiled else 'eager   '} {rate:8,.0f} tokens/s  "
+                      f"{achieved / 1e9:6.0f} GFLOP/s = {achieved / peaks['fp32']:5.1%} of the fp32 GEMM, "
+                      f"{achieved / peaks['bf16']:5.1%} of bf16", flush=True)
+    best_hf = max(v for k, v in results.items() if k[0] == "transformers")
+    best_ours = max(v for k, v in results.items() if k[0] == "minillama")
+    fp32_eager = results["minillama", "fp32", False] / results["transformers", "fp32", False]
+    print(f"\nminillama best / transformers best: {best_ours / best_hf:.2f}x (target >= 1.3x)")
+    print(f"minillama fp32 eager / transformers fp32 eager: {fp32_eager:.2f}x")
+    best_fp32 = max(v for k, v in results.items() if k[0] == "minillama" and k[1] == "fp32")
+    print(f"minillama best fp32 MFU vs fp32 GEMM: {best_fp32 * flops_per_token / peaks['fp32']:.1%} (target >= 65%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""`minillama model info`: a preset's or checkpoint's shape, parameter count and FLOPs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("model", help="inspect model presets and checkpoints",
+                                   description="Inspect model presets and checkpoints.")
+    sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    info = sub.add_parser("info", help="shape, parameter count and FLOPs of a preset or checkpoint")
+    source = info.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="tiny", help="a named preset (default: %(default)s)")
+    source.add_argument("--checkpoint", help="a model directory (ours or a transformers Llama/Qwen2)")
+    info.add_argument("--seq-len", type=int, default=None, help="context for the FLOPs estimate")
+    info.set_defaults(func=run_info)
+    presets = sub.add_parser("presets", help="list the named presets")
+    presets.set_defaults(func=run_presets)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from minillama.model import MiniLlama, ModelConfig, load_config
+
+    config = load_config(args.checkpoint) if args.checkpoint else ModelConfig.from_preset(args.preset)
+    with torch.device("meta"):
+        model = MiniLlama(config, init=False)
+    seq_len = args.seq_len or config.max_position_embeddings
+    print(f"{'parameters':<26}{model.num_parameters():,}")
+    print(f"{'  without embeddings':<26}{model.num_parameters(exclude_embeddings=True):,}")
+    print(f"{'train FLOPs/token @' + str(seq_len):<26}{model.flops_per_token(seq_len):,.0f}")
+    for key, value in config.to_dict().items():
+        print(f"{key:<26}{value}")
+    return 0
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    import torch
+
+    from minillama.model import PRESETS, MiniLlama, ModelConfig
+
+    for name in PRESETS:
+        config = ModelConfig.from_preset(name)
+        with torch.device("meta"):
+            params = MiniLlama(config, init=False).num_parameters()
+        print(f"{name:<12} {params / 1e6:7.2f}M  hidden {config.hidden_size:<4} layers {config.num_hidden_layers:<3}"
+              f"heads {config.num_attention_heads}/{config.num_key_value_heads} vocab {config.vocab_size} "
+              f"context {config.max_position_embeddings}")
+    return 0

@@ -1,0 +1,379 @@
+"""The one training loop: pretraining, SFT, LoRA and classification all run through `Trainer`.
+
+What differs between them enters as data (a batch iterator with `state_dict()`), a loss
+function `batch_loss(model, batch, label_smoothing) -> scalar` and which parameters require grad.
+The loop owns everything else: precision, accumulation, clipping, the LR schedule, budgets,
+evaluation, metrics, checkpoints, exact resume, faults and signals, DDP / FSDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from minillama.errors import MiniLlamaError
+from minillama.model import MiniLlama, token_cross_entropy
+from minillama.train import checkpoint as ckpt
+from minillama.train.config import TrainConfig
+from minillama.train.distributed import Distributed
+from minillama.train.metrics import MetricsLog
+from minillama.train.optim import build_optimizer, learning_rate
+from minillama.train.perf import cpu_has_native_bf16, peak_flops
+
+log = logging.getLogger(__name__)
+CALIBRATION_STEPS = (5, 20)  # steps timed to turn a wall-clock budget into a step count
+
+
+class BatchIterator(Protocol):
+    def __next__(self) -> Any: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TrainingStopped(MiniLlamaError):
+    """Training could not go on (a non-finite loss, say); the last good checkpoint is intact."""
+
+
+@dataclass
+class TrainingResult:
+    out_dir: Path
+    step: int
+    tokens: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    checkpoint: Path | None
+    stopped_by: str  # "budget" | "interrupted"
+    seconds: float
+
+
+def pretraining_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                     label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token loss on a window: batch = (inputs, targets), each (B, T), targets already shifted."""
+    inputs, targets = batch
+    return token_cross_entropy(model(inputs).logits, targets, label_smoothing)
+
+
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA when supported (else fp16 with a scaler); on CPU bf16 where the CPU
+    runs it natively (AMX / AVX512-BF16: faster at the same loss, see benchmarks/bench_train.py),
+    else float32."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+class Trainer:
+    """Runs `config` on `model` with batches from `train_batches`; `evaluate(model) -> val loss`."""
+
+    def __init__(self, config: TrainConfig, model: MiniLlama, train_batches: BatchIterator,
+                 evaluate: Callable[[nn.Module], float] | None, dist: Distributed,
+                 batch_loss: Callable[..., torch.Tensor] = pretraining_loss,
+                 tokens_per_batch: int | None = None, tokenizer_dir: Path | None = None,
+                 extra_state: dict[str, Any] | None = None):
+        config = dataclasses.replace(config, budget=config.budget.resolved())
+        self.config, self.dist, self.batches = config, dist, train_batches
+        self.evaluate_fn, self.batch_loss = evaluate, batch_loss
+        self.out_dir = Path(config.run.out_dir)
+        self.checkpoints = self.out_dir / "checkpoints"
+        if dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.tokenizer_dir = tokenizer_dir
+        self.extra_state = extra_state or {}
+        self.device = dist.device
+        self.dtype = resolve_precision(config.run.precision, self.device)
+        self.tokens_per_step = (tokens_per_batch or config.data.batch_size * config.data.seq_len) \
+            * config.optim.grad_accum * dist.world_size
+        self.model = model  # unwrapped: its state dict is what checkpoints hold
+        self.step, self.tokens, self.elapsed, self.skipped = 0, 0, 0.0, 0
+        self.total_steps: int | None = None
+        self.best_val_loss: float | None = None
+        self.last_val_loss: float | None = None
+        self._resume()
+        self.wrapped = dist.wrap(model, config.run.parallel, compile=config.run.compile)
+        self.optimizer = build_optimizer(model, config.optim, self.device.type)
+        if self._resumed is not None:
+            dist.load_optimizer_state(self.wrapped, self.optimizer, self._resumed.tensors["optimizer"])
+            self._restore_rng(self._resumed.tensors)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+
+    # ---- resume ----------------------------------------------------------------------------
+    def _resume(self) -> None:
+        self._resumed = None
+        mode = self.config.run.resume
+        if mode == "never":
+            return
+        if mode == "auto":
+            loaded = ckpt.load_latest_good(self.checkpoints)
+        else:
+            loaded = ckpt.load_checkpoint(Path(mode))
+        if loaded is None:
+            return
+        from minillama.export.hf import read_model_dir
+
+        weights = read_model_dir(loaded.path).state_dict()
+        self.model.load_state_dict(weights)
+        state = loaded.state
+        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        self.skipped, self.total_steps = state.get("skipped", 0), state.get("total_steps")
+        self.best_val_loss, self.last_val_loss = state.get("best_val_loss"), state.get("val_loss")
+        self.batches.load_state_dict(state["data"])
+        self._resumed = loaded
+        if self.dist.is_main:
+            log.info("resuming from %s (step %d, %s tokens)", loaded.path, self.step, f"{self.tokens:,}")
+
+    def _restore_rng(self, tensors: dict[str, Any]) -> None:
+        torch.set_rng_state(tensors["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in tensors:
+            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
+
+    # ---- the budget ------------------------------------------------------------------------
+    def _schedule_steps(self) -> int | None:
+        """Steps of the LR schedule: given, or from the step / token budget; None while a time
+        budget has not been calibrated yet."""
+        budget = self.config.budget
+        if budget.schedule_steps:
+            return budget.schedule_steps
+        candidates = [budget.max_steps] if budget.max_steps else []
+        if budget.max_tokens:
+            candidates.append(math.ceil(budget.max_tokens / self.tokens_per_step))
+        if self.total_steps:
+            candidates.append(self.total_steps)
+        return min(candidates) if candidates else None
+
+    def _calibrate(self, seconds_per_step: float) -> None:
+        """Turn the wall-clock budget into a step count, leaving time for evaluations."""
+        run = self.config.run
+        remaining = self.config.budget.max_minutes * 60 - self.elapsed
+        eval_cost = run.eval_batches * seconds_per_step / (3 * self.config.optim.grad_accum)
+        per_step = seconds_per_step + eval_cost / run.eval_interval
+        self.total_steps = self.step + max(1, int(remaining / per_step))
+        if self.dist.is_main:
+            log.info("time budget: about %d steps at %.3f s/step", self.total_steps, seconds_per_step)
+
+    def _budget_reached(self) -> bool:
+        budget = self.config.budget
+        if budget.max_steps and self.step >= budget.max_steps:
+            return True
+        if budget.max_tokens and self.tokens >= budget.max_tokens:
+            return True
+        if budget.max_minutes and self.elapsed >= budget.max_minutes * 60:
+            return True
+        return bool(self.total_steps) and self.step >= self.total_steps and not budget.max_steps
+
+    # ---- one optimizer step ----------------------------------------------------------------
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def train_step(self, lr: float) -> tuple[float, float]:
+        """Forward/backward over grad_accum micro-batches, clip, step. Returns (loss, grad norm)."""
+        accum, smoothing = self.config.optim.grad_accum, self.config.optim.label_smoothing
+        total = torch.zeros((), device=self.device)
+        for micro in range(accum):
+            batch = self.dist.to_device(next(self.batches))
+            with self.dist.no_sync(self.wrapped, last=micro == accum - 1), self._autocast():
+                loss = self.batch_loss(self.wrapped, batch, smoothing) / accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.config.optim.grad_clip or float("inf")
+        grad_norm = self.dist.clip_grad_norm(self.model, clip)
+        loss_value = self.dist.mean(total)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._nonfinite(loss_value, grad_norm)
+            return loss_value, grad_norm
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, grad_norm
+
+    def _nonfinite(self, loss: float, grad_norm: float) -> None:
+        what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {self.step + 1}"
+        run = self.config.run
+        if run.on_nonfinite == "skip" and self.skipped < run.max_skips:
+            self.skipped += 1
+            log.warning("%s: batch skipped (%d of at most %d)", what, self.skipped, run.max_skips)
+            return
+        raise TrainingStopped(f"{what} (loss {loss}, grad norm {grad_norm}); the last good checkpoint in "
+                              f"{self.checkpoints} is intact: lower optim.lr, or use --run.on_nonfinite skip")
+
+    # ---- evaluation and checkpoints ------------------------------------------------------------
+    def evaluate(self) -> float | None:
+        if self.evaluate_fn is None:
+            return None
+        self.wrapped.eval()
+        with torch.no_grad(), self._autocast():
+            loss = self.evaluate_fn(self.wrapped)
+        self.wrapped.train()
+        self.last_val_loss = self.dist.mean(torch.tensor(loss, device=self.device))
+        if self.best_val_loss is None or self.last_val_loss < self.best_val_loss:
+            self.best_val_loss = self.last_val_loss
+        return self.last_val_loss
+
+    def save(self) -> Path | None:
+        """A checkpoint of the current step (collective under FSDP; rank 0 writes)."""
+        model_state = self.dist.full_model_state(self.wrapped, self.model)
+        optim_state = self.dist.full_optimizer_state(self.wrapped, self.optimizer)
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
+        tensors = {"optimizer": optim_state, "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        state = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "skipped": self.skipped,
+                 "total_steps": self.total_steps, "val_loss": self.last_val_loss,
+                 "best_val_loss": self.best_val_loss, "data": self.batches.state_dict(),
+                 "world_size": self.dist.world_size, "config": self.config.to_dict(), **self.extra_state}
+        path = ckpt.save_checkpoint(self.checkpoints, self.step, self.model.config, model_state, tensors, state,
+                                    self.tokenizer_dir, self.config.run.keep_last, self.last_val_loss)
+        self.dist.barrier()
+        return path
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self) -> TrainingResult:
+        run = self.config.run
+        metrics = MetricsLog(self.out_dir, self.step, run.tensorboard, run.wandb, self.config.to_dict()) \
+            if self.dist.is_main else None
+        peak = peak_flops(self.device, self.dtype)
+        flops_per_step = self.model.flops_per_token(self.config.data.seq_len) * self.tokens_per_step
+        progress = self._progress_bar()
+        interrupted = _SignalFlag()
+        self.wrapped.train()
+        train_loss, last_path, window_start, window_steps = None, None, time.perf_counter(), 0
+        calibrate_from, calibrate_to = (self.step + n for n in CALIBRATION_STEPS)
+        calibration_elapsed = 0.0
+        with interrupted:
+            while not self._budget_reached() and not interrupted.raised:
+                started = time.perf_counter()
+                total = self._schedule_steps()
+                lr = learning_rate(self.step, total or 10**9, self.config.optim)
+                train_loss, grad_norm = self.train_step(lr)
+                self.step += 1
+                self.tokens += self.tokens_per_step
+                self.elapsed += time.perf_counter() - started
+                window_steps += 1
+                if self.config.budget.max_minutes and self.total_steps is None:
+                    if self.step == calibrate_from:  # the first steps are slow (allocation, warm-up)
+                        calibration_elapsed = self.elapsed
+                    elif self.step == calibrate_to:
+                        self._calibrate((self.elapsed - calibration_elapsed) / (calibrate_to - calibrate_from))
+                        progress.total = self._schedule_steps()
+                if self.step % run.log_interval == 0 or self.step == 1:
+                    seconds = time.perf_counter() - window_start
+                    tokens_per_s = window_steps * self.tokens_per_step / seconds
+                    mfu = tokens_per_s * flops_per_step / self.tokens_per_step / peak
+                    window_start, window_steps = time.perf_counter(), 0
+                    record = {"step": self.step, "tokens": self.tokens, "loss": train_loss, "lr": lr,
+                              "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "mfu": mfu,
+                              "elapsed": self.elapsed}
+                    if metrics:
+                        metrics.write(record)
+                    progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_s:,.0f}",
+                                         mfu=f"{mfu:.0%}", refresh=False)
+                progress.update(1)
+                last_path = self._periodic(metrics, train_loss)
+        finished = self._budget_reached()
+        if last_path is None or int(last_path.name.split("-")[1]) != self.step:
+            if finished and (self.step % run.eval_interval):
+                self._log_eval(metrics)
+            last_path = self.save()
+        progress.close()
+        if metrics:
+            metrics.close()
+        stopped_by = "budget" if finished else "interrupted"
+        if stopped_by == "interrupted" and self.dist.is_main:
+            log.info("interrupted at step %d; checkpoint saved in %s; run the same command to resume",
+                     self.step, last_path)
+        return TrainingResult(self.out_dir, self.step, self.tokens, train_loss, self.last_val_loss,
+                              self.best_val_loss, last_path, stopped_by, self.elapsed)
+
+    def _periodic(self, metrics: MetricsLog | None, train_loss: float) -> Path | None:
+        """Evaluate and checkpoint on their intervals; returns the checkpoint written, if any."""
+        run = self.config.run
+        last_step = self._budget_reached()
+        if self.step % run.eval_interval == 0 or last_step:
+            self._log_eval(metrics)
+        if self.step % run.checkpoint_interval == 0 or last_step:
+            return self.save()
+        return None
+
+    def _log_eval(self, metrics: MetricsLog | None) -> None:
+        val_loss = self.evaluate()
+        if val_loss is None or metrics is None:
+            return
+        metrics.write({"step": self.step, "tokens": self.tokens, "val_loss": val_loss,
+                       "val_perplexity": math.exp(min(val_loss, 50)), "elapsed": self.elapsed})
+        if self.config.run.plot:
+            metrics.plot()
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self._schedule_steps(), initial=self.step, unit="step", dynamic_ncols=True,
+                    disable=not (self.config.run.progress and self.dist.is_main), desc="train")
+
+
+class _SignalFlag:
+    """SIGINT / SIGTERM set a flag so the loop can save a checkpoint and stop cleanly; a second
+    SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.raised and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.raised = True
+        log.warning("%s received: saving a checkpoint after this step (Ctrl-C again to abort)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+def evaluate_batches(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                     device: torch.device) -> tuple[float, int]:
+    """Mean next-token loss over (inputs, targets) batches; returns (mean nats/token, tokens)."""
+    total, count = 0.0, 0
+    for inputs, targets in batches:
+        inputs, targets = inputs.to(device), targets.to(device)
+        logits = model(inputs).logits
+        n = int((targets != -100).sum())
+        total += float(token_cross_entropy(logits, targets)) * n
+        count += n
+    if count == 0:
+        raise MiniLlamaError("the validation set is too small for one window; use a shorter data.seq_len")
+    return total / count, count

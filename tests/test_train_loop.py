@@ -1,0 +1,220 @@
+"""The training loop: exact resume, schedules, faults, signals, checkpoint safety."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from minillama.errors import CheckpointError
+from minillama.model import MiniLlama, ModelConfig
+from minillama.train import checkpoint as ckpt
+from minillama.train.config import OptimSection, TrainConfig
+from minillama.train.distributed import Distributed
+from minillama.train.loop import Trainer, TrainingStopped, pretraining_loss
+from minillama.train.optim import learning_rate
+
+
+class RandomWindows:
+    """A minimal resumable batch source over a fixed token stream (the real loader has its own tests)."""
+
+    def __init__(self, tokens, batch_size=4, seq_len=16, seed=0):
+        self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __next__(self):
+        starts = torch.randint(0, len(self.tokens) - self.seq_len - 1, (self.batch_size,), generator=self.generator)
+        windows = torch.stack([self.tokens[s:s + self.seq_len + 1] for s in starts.tolist()])
+        return windows[:, :-1], windows[:, 1:]
+
+    def state_dict(self):
+        return {"rng": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
+
+
+TOKENS = torch.randint(0, 64, (5000,), generator=torch.Generator().manual_seed(0))
+MODEL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=32)
+
+
+def make_config(out_dir, **budget):
+    config = TrainConfig()
+    config.run.out_dir = str(out_dir)
+    config.run.progress = False
+    config.run.precision = "float32"
+    config.run.eval_interval = 4
+    config.run.checkpoint_interval = 4
+    config.run.plot = False
+    config.data.batch_size, config.data.seq_len = 4, 16
+    config.optim.warmup_steps = 2
+    config.optim.lr = 3e-3
+    for key, value in budget.items():
+        setattr(config.budget, key, value)
+    return config
+
+
+def run(config, loss_fn=pretraining_loss, seed=0):
+    torch.manual_seed(seed)
+    model = MiniLlama(ModelConfig(**MODEL))
+    val = RandomWindows(TOKENS, seed=99)
+
+    def evaluate(m):
+        val.load_state_dict(RandomWindows(TOKENS, seed=99).state_dict())
+        inputs, targets = next(val)
+        return float(pretraining_loss(m, (inputs, targets)))
+
+    trainer = Trainer(config, model, RandomWindows(TOKENS), evaluate, Distributed(0, 1, 0, torch.device("cpu")),
+                      batch_loss=loss_fn)
+    return trainer.fit()
+
+
+def losses(out_dir):
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_resume_gives_bitwise_identical_losses(tmp_path):
+    straight = make_config(tmp_path / "a", max_steps=12)
+    straight.run.log_interval = 1
+    run(straight)
+    first = make_config(tmp_path / "b", max_steps=6, schedule_steps=12)
+    first.run.log_interval = 1
+    assert run(first).step == 6
+    second = make_config(tmp_path / "b", max_steps=12)
+    second.run.log_interval = 1
+    result = run(second, seed=123)  # a different init seed: the checkpoint must overwrite everything
+    assert result.step == 12
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert [a[s] for s in a] == [b[s] for s in a]  # bitwise equal floats
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    optim = OptimSection(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
+    rates = [learning_rate(s, 100, optim) for s in range(101)]
+    assert rates[0] < rates[5] < rates[9] <= 1.0
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert math.isclose(rates[100], 0.1) and math.isclose(rates[10], 1.0, rel_tol=1e-3)
+
+
+def test_checkpoints_rotate_and_keep_the_best(tmp_path):
+    config = make_config(tmp_path, max_steps=20)
+    config.run.keep_last = 2
+    result = run(config)
+    kept = ckpt.list_checkpoints(tmp_path / "checkpoints")
+    best = ckpt.read_pointer(tmp_path / "checkpoints", "best")
+    assert result.checkpoint == kept[0] and kept[0].name == "step-000020"
+    assert len(kept) == 2 + (best not in kept[:2]) and best in kept
+    reloaded = MiniLlama.from_pretrained(kept[0])  # a checkpoint is a model directory
+    assert reloaded.config.hidden_size == 32
+
+
+def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    run(make_config(tmp_path, max_steps=8))
+    newest = ckpt.list_checkpoints(tmp_path / "checkpoints")[0]
+    weights = newest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0x04  # one flipped bit
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        ckpt.load_checkpoint(newest)
+    loaded = ckpt.load_latest_good(tmp_path / "checkpoints")
+    assert loaded.state["step"] == 4
+    assert "skipping checkpoint step-000008" in caplog.text
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def poisoned(model, batch, smoothing):
+        calls["n"] += 1
+        loss = pretraining_loss(model, batch, smoothing)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    with pytest.raises(TrainingStopped, match="non-finite loss at step 7"):
+        run(make_config(tmp_path, max_steps=10), loss_fn=poisoned)
+    assert ckpt.load_latest_good(tmp_path / "checkpoints").state["step"] == 4
+
+
+def test_nonfinite_batches_can_be_skipped(tmp_path):
+    calls = {"n": 0}
+
+    def poisoned(model, batch, smoothing):
+        calls["n"] += 1
+        loss = pretraining_loss(model, batch, smoothing)
+        return loss * float("inf") if calls["n"] in (3, 5) else loss
+
+    config = make_config(tmp_path, max_steps=8)
+    config.run.on_nonfinite = "skip"
+    result = run(config, loss_fn=poisoned)
+    assert result.step == 8 and math.isfinite(result.val_loss)
+
+
+def test_token_budget_and_metrics(tmp_path):
+    result = run(make_config(tmp_path, max_tokens=4 * 16 * 5))
+    assert result.step == 5 and result.tokens == 320
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_loss" in r and "val_perplexity" in r for r in records)
+    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] for r in records if "loss" in r)
+
+
+SIGNAL_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_train_loop import make_config, run
+    config = make_config({out!r}, max_steps=100000)
+    config.run.checkpoint_interval = 100000
+    result = run(config)
+    print("STOPPED", result.stopped_by, result.step, flush=True)
+""")
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    script = SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__), out=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    stopped_by, step = out.split()[1], int(out.split()[2])
+    assert stopped_by == "interrupted" and step > 0
+    assert ckpt.load_latest_good(tmp_path / "checkpoints").state["step"] == step
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_train_loop import make_config, run
+    config = make_config({out!r}, max_steps=100000)
+    config.run.checkpoint_interval = 1  # save at every step, so kill -9 lands inside a save
+    config.run.keep_last = 1
+    run(config)
+""")
+
+
+@pytest.mark.parametrize("delay", [1.5, 2.3])
+def test_kill_9_at_any_moment_leaves_the_run_resumable(tmp_path, delay):
+    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), out=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (tmp_path / "checkpoints" / "latest").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+    loaded = ckpt.load_latest_good(tmp_path / "checkpoints")
+    assert loaded is not None and loaded.state["step"] >= 1
+    result = run(make_config(tmp_path, max_steps=loaded.state["step"] + 2))
+    assert result.step == loaded.state["step"] + 2
