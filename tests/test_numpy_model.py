@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from minillama.errors import CheckpointError
 from minillama.model import KVCache, MiniLlama, ModelConfig
-from minillama.numpy_model import NumpyLlama, config_from_dict, load_config, read_state
+from minillama.model.config import config_from_hf_dict, load_config
+from minillama.numpy_model import NumpyLlama, read_state
 
 BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1)
@@ -146,18 +147,6 @@ def test_bf16_and_fp16_weights_are_widened_exactly(tmp_path):
     NumpyLlama.from_pretrained(tmp_path / "half")  # and it loads as a model
 
 
-def test_config_reader_agrees_with_the_torch_side():
-    from minillama.export.hf import config_from_hf_dict, config_to_hf_dict
-
-    for overrides, _ in CONFIGS.values():
-        data = config_to_hf_dict(ModelConfig(**{**BASE, **overrides}))
-        assert config_from_dict(data).to_dict() == config_from_hf_dict(data).to_dict()
-    v5 = {"model_type": "qwen2", **BASE, "eos_token_id": [3, 4],
-          "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}}
-    assert config_from_dict(v5).to_dict() == config_from_hf_dict(v5).to_dict()
-    assert config_from_dict(v5).attention_bias and config_from_dict(v5).rope_theta == 1e6
-
-
 def test_bad_checkpoints_and_inputs(tmp_path):
     model = random_model()
     model.save_pretrained(tmp_path / "ok")
@@ -177,7 +166,7 @@ def test_bad_checkpoints_and_inputs(tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         NumpyLlama.from_pretrained(broken)
     with pytest.raises(CheckpointError, match="not supported"):
-        config_from_dict({**config, "model_type": "gpt2"})
+        config_from_hf_dict({**config, "model_type": "gpt2"})
     assert load_config(tmp_path / "ok").to_dict() == model.config.to_dict()
 
     twin = numpy_twin(model)

@@ -1,9 +1,7 @@
 """Hugging Face interop: our checkpoint directories *are* transformers model directories.
 
 Parameter names equal `LlamaForCausalLM`'s, and config fields equal `LlamaConfig`'s, so export is
-a key copy plus a few identity fields (`architectures`, `model_type`, `rope_parameters`).
-`config.json` carries both the 4.x spelling (`rope_theta`, `rope_scaling`) and the 5.x one
-(`rope_parameters`) so either major version reads the same RoPE.
+a key copy (the config translation lives beside `ModelConfig`, importable without torch).
 """
 
 from __future__ import annotations
@@ -19,67 +17,13 @@ from safetensors.torch import save_file
 
 from minillama.errors import CheckpointError
 from minillama.files import atomic_directory, verify_manifest
-from minillama.model.config import ModelConfig
+from minillama.model.config import ModelConfig, config_to_hf_dict, load_config
 from minillama.model.llama import MiniLlama
 
 WEIGHTS = "model.safetensors"
 SHARDED_INDEX = "model.safetensors.index.json"
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # Buffers that some older exports saved; they are recomputed from the config.
 IGNORED_KEYS_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-def config_to_hf_dict(config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """A `config.json` that transformers 4.x and 5.x load as `LlamaConfig` / `Qwen2Config`."""
-    model_type = "qwen2" if config.attention_bias else "llama"
-    rope_parameters = {"rope_type": "default", "rope_theta": config.rope_theta}
-    rope_parameters.update(config.rope_scaling or {})
-    data = {
-        "architectures": [ARCHITECTURES[model_type]],
-        "model_type": model_type,
-        **config.to_dict(),
-        "rope_parameters": rope_parameters,
-        "hidden_act": "silu",
-        "mlp_bias": False,
-        "attention_dropout": 0.0,
-        "use_cache": True,
-        "torch_dtype": str(dtype).removeprefix("torch."),
-    }
-    if model_type == "qwen2":
-        # Qwen2 puts bias on q/k/v always and never on o_proj; it has no attention_bias field.
-        data.update(use_sliding_window=False, sliding_window=None, max_window_layers=config.num_hidden_layers)
-        del data["attention_bias"]
-    return data
-
-
-def config_from_hf_dict(data: dict[str, Any]) -> ModelConfig:
-    """Read our own config.json or a transformers Llama / Qwen2 one (4.x or 5.x)."""
-    model_type = data.get("model_type")
-    if model_type is not None and model_type not in ARCHITECTURES:
-        raise CheckpointError(f"model_type {model_type!r} is not supported; minillama reads "
-                              f"{' and '.join(ARCHITECTURES)} models")
-    if data.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"hidden_act {data['hidden_act']!r} is not supported (only silu / SwiGLU)")
-    if data.get("mlp_bias"):
-        raise CheckpointError("mlp_bias=True is not supported: minillama's MLP has no biases")
-    if model_type == "llama" and data.get("attention_bias"):
-        raise CheckpointError("Llama attention_bias=True (bias on o_proj too) is not supported; "
-                              "minillama supports the Qwen2 layout (q/k/v bias only)")
-    if model_type == "qwen2" and data.get("use_sliding_window"):
-        raise CheckpointError("Qwen2 sliding-window attention is not supported")
-    fields = dict(data)
-    if model_type == "qwen2":
-        fields["attention_bias"] = True
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if isinstance(fields.get(key), list):  # several stop tokens: keep the first
-            fields[key] = fields[key][0] if fields[key] else None
-    rope = fields.pop("rope_parameters", None)
-    if fields.get("rope_scaling") is None and rope:
-        rope = dict(rope)
-        fields["rope_theta"] = rope.pop("rope_theta", fields.get("rope_theta", 10000.0))
-        rope.pop("partial_rotary_factor", None)
-        fields["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
-    return ModelConfig.from_dict(fields)
 
 
 def write_model_dir(config: ModelConfig, state: dict[str, torch.Tensor], directory: str | os.PathLike) -> None:
@@ -92,7 +36,7 @@ def write_model_dir(config: ModelConfig, state: dict[str, torch.Tensor], directo
     dtype = next(iter(state.values())).dtype
     save_file(state, directory / WEIGHTS, metadata={"format": "pt"})
     with open(directory / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config_to_hf_dict(config, dtype), f, indent=2)
+        json.dump(config_to_hf_dict(config, str(dtype).removeprefix("torch.")), f, indent=2)
         f.write("\n")
 
 
@@ -121,7 +65,7 @@ def read_model_dir(directory: Path, device: str | torch.device = "cpu",
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory} is not a model directory (no config.json)")
     verify_manifest(directory)
-    config = config_from_hf_dict(json.loads((directory / "config.json").read_text()))
+    config = load_config(directory)
     state = {k: v for k, v in _read_state(directory).items() if not k.endswith(IGNORED_KEYS_SUFFIXES)}
     with torch.device("meta"):
         model = MiniLlama(config, init=False)

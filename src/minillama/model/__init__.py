@@ -1,8 +1,25 @@
-"""The hand-written LLaMA / Qwen2 model."""
+"""The hand-written LLaMA / Qwen2 model.
 
-from minillama.model.cache import KVCache
-from minillama.model.config import PRESETS, ModelConfig
-from minillama.model.llama import CausalLMOutput, MiniLlama, causal_lm_loss, load_config, token_cross_entropy
+`minillama.model.config` is plain Python (the NumPy engine imports it without torch); the torch
+modules load on first use of their names.
+"""
 
-__all__ = ["PRESETS", "CausalLMOutput", "KVCache", "MiniLlama", "ModelConfig", "causal_lm_loss", "load_config",
-           "token_cross_entropy"]
+from minillama.model.config import PRESETS, ModelConfig, load_config
+
+_TORCH_NAMES = {
+    "KVCache": "minillama.model.cache",
+    "CausalLMOutput": "minillama.model.llama",
+    "MiniLlama": "minillama.model.llama",
+    "causal_lm_loss": "minillama.model.llama",
+    "token_cross_entropy": "minillama.model.llama",
+}
+
+__all__ = ["PRESETS", "ModelConfig", "load_config", *_TORCH_NAMES]
+
+
+def __getattr__(name: str):
+    if name in _TORCH_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_TORCH_NAMES[name]), name)
+    raise AttributeError(f"module 'minillama.model' has no attribute {name!r}")

@@ -6,7 +6,10 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from minillama.errors import CheckpointError
 
 # rope_type -> keys its `rope_scaling` dict must carry (besides rope_type itself).
 ROPE_TYPES: dict[str, tuple[str, ...]] = {
@@ -17,6 +20,7 @@ ROPE_TYPES: dict[str, tuple[str, ...]] = {
     "yarn": ("factor",),
 }
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
 @dataclass
@@ -166,3 +170,69 @@ PRESETS: dict[str, dict[str, Any]] = {
                     num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256),
 }
 
+
+
+# ---- transformers config.json <-> ModelConfig (plain Python: the NumPy engine uses it too) ----------
+def config_to_hf_dict(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+    """A `config.json` that transformers 4.x and 5.x load as `LlamaConfig` / `Qwen2Config`."""
+    model_type = "qwen2" if config.attention_bias else "llama"
+    rope_parameters = {"rope_type": "default", "rope_theta": config.rope_theta}
+    rope_parameters.update(config.rope_scaling or {})
+    data = {
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
+        **config.to_dict(),
+        "rope_parameters": rope_parameters,
+        "hidden_act": "silu",
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "use_cache": True,
+        "torch_dtype": dtype,
+    }
+    if model_type == "qwen2":
+        # Qwen2 puts bias on q/k/v always and never on o_proj; it has no attention_bias field.
+        data.update(use_sliding_window=False, sliding_window=None, max_window_layers=config.num_hidden_layers)
+        del data["attention_bias"]
+    return data
+
+
+def config_from_hf_dict(data: dict[str, Any]) -> ModelConfig:
+    """Read our own config.json or a transformers Llama / Qwen2 one (4.x or 5.x)."""
+    model_type = data.get("model_type")
+    if model_type is not None and model_type not in ARCHITECTURES:
+        raise CheckpointError(f"model_type {model_type!r} is not supported; minillama reads "
+                              f"{' and '.join(ARCHITECTURES)} models")
+    if data.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"hidden_act {data['hidden_act']!r} is not supported (only silu / SwiGLU)")
+    if data.get("mlp_bias"):
+        raise CheckpointError("mlp_bias=True is not supported: minillama's MLP has no biases")
+    if model_type == "llama" and data.get("attention_bias"):
+        raise CheckpointError("Llama attention_bias=True (bias on o_proj too) is not supported; "
+                              "minillama supports the Qwen2 layout (q/k/v bias only)")
+    if model_type == "qwen2" and data.get("use_sliding_window"):
+        raise CheckpointError("Qwen2 sliding-window attention is not supported")
+    fields = dict(data)
+    if model_type == "qwen2":
+        fields["attention_bias"] = True
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if isinstance(fields.get(key), list):  # several stop tokens: keep the first
+            fields[key] = fields[key][0] if fields[key] else None
+    rope = fields.pop("rope_parameters", None)
+    if fields.get("rope_scaling") is None and rope:
+        rope = dict(rope)
+        fields["rope_theta"] = rope.pop("rope_theta", fields.get("rope_theta", 10000.0))
+        rope.pop("partial_rotary_factor", None)
+        fields["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
+    return ModelConfig.from_dict(fields)
+
+
+def load_config(directory: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` of a checkpoint or transformers model directory."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a model directory (no config.json)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupted") from exc
+    return config_from_hf_dict(data)

@@ -10,7 +10,6 @@ heads, D head_dim, C hidden_size, V vocab_size.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -382,10 +381,3 @@ class MiniLlama(nn.Module):
 
         return read_model_dir(Path(directory), device=device, dtype=dtype)
 
-
-def load_config(directory: str | os.PathLike) -> ModelConfig:
-    """The `ModelConfig` stored in a checkpoint or transformers directory."""
-    from minillama.export.hf import config_from_hf_dict
-
-    with open(Path(directory) / "config.json", encoding="utf-8") as f:
-        return config_from_hf_dict(json.load(f))

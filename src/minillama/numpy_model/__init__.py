@@ -10,7 +10,6 @@
 Same arithmetic as `minillama.model.MiniLlama` (float32 logits agree within 1e-4); see docs/numpy.md.
 """
 
-from minillama.numpy_model.config import config_from_dict, load_config
 from minillama.numpy_model.mha import multi_head_attention_forward
 from minillama.numpy_model.model import (
     NumpyKVCache,
@@ -25,7 +24,7 @@ from minillama.numpy_model.text import decode_stream, load_tokenizer, stream_tex
 from minillama.numpy_model.weights import read_state
 
 __all__ = [
-    "NumpyKVCache", "NumpyLlama", "RotaryTables", "apply_rotary", "config_from_dict", "decode_stream",
-    "load_config", "load_tokenizer", "multi_head_attention_forward", "read_state", "rms_norm",
+    "NumpyKVCache", "NumpyLlama", "RotaryTables", "apply_rotary", "decode_stream",
+    "load_tokenizer", "multi_head_attention_forward", "read_state", "rms_norm",
     "rope_inverse_frequencies", "sample_next_token", "sampling_probabilities", "stream_text",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from minillama.errors import CheckpointError
-from minillama.numpy_model.config import load_config
+from minillama.model.config import load_config
 from minillama.numpy_model.sampling import check_sampling, sample_next_token
 from minillama.numpy_model.weights import read_state
 
