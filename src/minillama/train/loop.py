@@ -105,6 +105,7 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.last_val_loss: float | None = None
         self._resume()
+        self.saved_step = self.step  # a resumed step is already saved
         self.wrapped = dist.wrap(model, config.run.parallel, compile=config.run.compile)
         self.optimizer = build_optimizer(model, config.optim, self.device.type)
         if self._resumed is not None:
@@ -236,6 +237,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """A checkpoint of the current step (collective under FSDP; rank 0 writes)."""
+        self.saved_step = self.step
         model_state = self.dist.full_model_state(self.wrapped, self.model)
         optim_state = self.dist.full_optimizer_state(self.wrapped, self.optimizer)
         if not self.dist.is_main:
@@ -263,7 +265,7 @@ class Trainer:
         progress = self._progress_bar()
         interrupted = _SignalFlag()
         self.wrapped.train()
-        train_loss, last_path, window_start, window_steps = None, None, time.perf_counter(), 0
+        train_loss, window_start, window_steps = None, time.perf_counter(), 0
         calibrate_from, calibrate_to = (self.step + n for n in CALIBRATION_STEPS)
         calibration_elapsed = 0.0
         with interrupted:
@@ -295,12 +297,11 @@ class Trainer:
                     progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_s:,.0f}",
                                          mfu=f"{mfu:.0%}", refresh=False)
                 progress.update(1)
-                last_path = self._periodic(metrics, train_loss)
+                self._periodic(metrics)
         finished = self._budget_reached()
-        if last_path is None or int(last_path.name.split("-")[1]) != self.step:
-            if finished and (self.step % run.eval_interval):
-                self._log_eval(metrics)
-            last_path = self.save()
+        if self.saved_step != self.step:  # interrupted between checkpoints
+            self.save()
+        last_path = ckpt.read_pointer(self.checkpoints, "latest")
         progress.close()
         if metrics:
             metrics.close()
@@ -311,15 +312,14 @@ class Trainer:
         return TrainingResult(self.out_dir, self.step, self.tokens, train_loss, self.last_val_loss,
                               self.best_val_loss, last_path, stopped_by, self.elapsed)
 
-    def _periodic(self, metrics: MetricsLog | None, train_loss: float) -> Path | None:
-        """Evaluate and checkpoint on their intervals; returns the checkpoint written, if any."""
+    def _periodic(self, metrics: MetricsLog | None) -> None:
+        """Evaluate and checkpoint on their intervals, and both at the last step."""
         run = self.config.run
         last_step = self._budget_reached()
         if self.step % run.eval_interval == 0 or last_step:
             self._log_eval(metrics)
         if self.step % run.checkpoint_interval == 0 or last_step:
-            return self.save()
-        return None
+            self.save()
 
     def _log_eval(self, metrics: MetricsLog | None) -> None:
         val_loss = self.evaluate()

@@ -1,0 +1,102 @@
+"""`minillama pipeline`: the whole life of a model on the embedded TinyStories sample, one command.
+
+    tokenizer (BPE, 4096) -> token files -> pretraining (tiny preset, ~5 min on 2 CPU cores)
+    -> transformers export -> evaluation (loss, bits per byte) -> a story from a prompt
+
+Everything goes under one run directory (default runs/pipeline):
+
+    tokenizer/       tokenizer.json, tokenizer_config.json (ChatML template), special_tokens_map.json
+    data/            train.bin, val.bin, meta.json
+    checkpoints/     step-XXXXXX/ (model + training state), latest, best
+    metrics.jsonl    one record per log interval and evaluation
+    loss.png         train and validation loss curves
+    hf/              the exported model: transformers.AutoModelForCausalLM / AutoTokenizer load it
+    report.json      val loss, perplexity, bits per byte, throughput, the story
+    story.txt        the generated story
+
+Running it again resumes: finished stages are not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+DEFAULT_PROMPT = "One day, Lily met a Shoggoth"
+
+
+@dataclass
+class PipelineReport:
+    run_dir: str
+    hf_dir: str
+    steps: int
+    tokens: int
+    train_minutes: float
+    val_loss: float
+    perplexity: float
+    bits_per_byte: float
+    prompt: str
+    story: str
+
+
+def run_pipeline(config, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 200,
+                 temperature: float = 0.0, seed: int = 1337) -> PipelineReport:
+    """Run every stage with `config` (a `TrainConfig`; its run.out_dir is the run directory)."""
+    from minillama.export import save_hf
+    from minillama.generate import generate_text
+    from minillama.model import MiniLlama
+    from minillama.tokenizer import Tokenizer
+    from minillama.train.evaluate import evaluate_checkpoint
+    from minillama.train.pretrain import pretrain
+
+    run_dir = Path(config.run.out_dir)
+    result = pretrain(config)
+    if result.stopped_by != "budget":
+        raise KeyboardInterrupt
+    tokenizer = Tokenizer.from_pretrained(run_dir / "tokenizer")
+    model = MiniLlama.from_pretrained(result.checkpoint)
+    hf_dir = save_hf(model, run_dir / "hf", tokenizer=tokenizer)
+    log.info("exported a transformers model to %s", hf_dir)
+    evaluation = evaluate_checkpoint(hf_dir, config.data.dataset, split="val", seq_len=config.data.seq_len)
+    story = generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                          seed=seed)
+    report = PipelineReport(str(run_dir), str(hf_dir), result.step, result.tokens, result.seconds / 60,
+                            evaluation["loss"], evaluation["perplexity"], evaluation["bits_per_byte"], prompt,
+                            story)
+    (run_dir / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    (run_dir / "story.txt").write_text(prompt + story + "\n")
+    return report
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from minillama.train.config import add_config_arguments
+
+    parser = subparsers.add_parser(
+        "pipeline", help="the whole pipeline on the embedded TinyStories: tokenizer, data, train, export, story",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/pipeline", help="run directory (default: %(default)s)")
+    parser.add_argument("--minutes", type=float, default=5.0, help="training time (default: %(default)s)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="story prompt (default: %(default)r)")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    add_config_arguments(parser)
+    parser.set_defaults(func=run, accepts_unknown=True)
+
+
+def run(args: argparse.Namespace, unknown: list[str]) -> int:
+    from minillama.train.config import config_from_args
+
+    config = config_from_args(args, [f"--run.out_dir={args.out}", f"--budget.max_minutes={args.minutes}",
+                                     *unknown])
+    report = run_pipeline(config, args.prompt, args.max_new_tokens, args.temperature)
+    print(f"\nrun directory      {report.run_dir}  (loss curve: {report.run_dir}/loss.png)")
+    print(f"transformers model {report.hf_dir}")
+    print(f"trained            {report.steps} steps, {report.tokens:,} tokens, {report.train_minutes:.1f} min")
+    print(f"validation         loss {report.val_loss:.4f}  perplexity {report.perplexity:.2f}  "
+          f"bits/byte {report.bits_per_byte:.3f}")
+    print(f"\n{report.prompt}{report.story}")
+    return 0

@@ -1,0 +1,26 @@
+"""Shared fixtures: a small tokenizer and prepared token files, built once per test session from
+the shipped TinyStories sample (offline)."""
+
+import gzip
+import itertools
+
+import pytest
+
+from minillama.assets import asset_path
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """(tokenizer_dir, prepared_dir, text_path): a 512-token BPE and token files of ~400 stories."""
+    root = tmp_path_factory.mktemp("small_corpus")
+    with gzip.open(asset_path("tinystories/tinystories_train.txt.gz"), "rt", encoding="utf-8") as f:
+        stories = "".join(itertools.islice(f, 3000))  # the first few hundred stories
+    text = root / "stories.txt"
+    text.write_text(stories[: stories.rindex("<|endoftext|>") + len("<|endoftext|>\n")], encoding="utf-8")
+
+    from minillama.data import prepare_dataset
+    from minillama.tokenizer import train_tokenizer
+
+    train_tokenizer(text, 512, out_dir=root / "tokenizer")
+    prepare_dataset(root / "tokenizer", text, root / "data", val_fraction=0.1, progress=False)
+    return root / "tokenizer", root / "data", text

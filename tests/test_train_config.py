@@ -1,0 +1,68 @@
+"""The training configuration: TOML files, dotted overrides, validation, --help."""
+
+from pathlib import Path
+
+import pytest
+
+from minillama.cli import build_parser, main
+from minillama.train.config import TrainConfig, config_from_args
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+
+
+def parse(argv):
+    args, unknown = build_parser().parse_known_args(["train", *argv])
+    return config_from_args(args, unknown)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_load_and_build_their_model(path):
+    config = parse(["--config", str(path)])
+    model_config = config.model.build(vocab_size=config.data.vocab_size)
+    assert model_config.vocab_size == 4096 and config.model.preset == path.stem
+
+
+def test_file_then_command_line_overrides(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[optim]\nlr = 1e-3\n[model]\npreset = "debug"\nhidden_size = 96\n')
+    config = parse(["--config", str(toml), "--optim.lr", "5e-4", "--model.num_hidden_layers", "3",
+                    "--run.compile", "true", "--budget.max_steps=7"])
+    assert config.optim.lr == 5e-4 and config.run.compile is True and config.budget.max_steps == 7
+    model = config.model.build()
+    assert (model.hidden_size, model.num_hidden_layers) == (96, 3)
+
+
+def test_defaults_train_the_tiny_preset_on_the_embedded_sample_for_5_minutes():
+    config = parse([])
+    assert config.model.preset == "tiny" and config.data.dataset == "tinystories-sample"
+    assert config.budget.resolved().max_minutes == 5.0
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optim.lr", "fast"], "optim.lr expects float"),
+    (["--data.seq_len", "0"], "data.seq_len must be positive"),
+    (["--run.precision", "fp8"], "run.precision must be one of"),
+    (["--model.hidden_sise", "8"], "unknown model setting 'hidden_sise'"),
+    (["--optim.learning_rate", "1"], "unknown setting 'optim.learning_rate'"),
+    (["--run.compile", "maybe"], "run.compile expects true or false"),
+])
+def test_bad_settings_are_one_line_errors(argv, message, capsys):
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_missing_or_broken_config_file(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "bad.toml").write_text("[optim\n")
+    assert main(["train", "--config", str(tmp_path / "bad.toml")]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_help_lists_every_field_with_its_doc(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--optim.warmup_steps" in out and "linear warmup steps" in out and "--model.FIELD" in out
