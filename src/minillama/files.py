@@ -87,6 +87,9 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = True) -> Itera
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; choose another directory or allow overwriting")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); give it the usual mode
     try:
         yield tmp
         write_manifest(tmp)

@@ -1,0 +1,10 @@
+"""Byte-level BPE tokenizer (GPT-2 / Qwen2 style): a fast trainer, an encoder with exactly the ids of
+the `tokenizers` library, and the Hugging Face file formats. See docs/tokenizer.md."""
+
+from minillama.tokenizer.api import default_training_input, train_tokenizer
+from minillama.tokenizer.chat import render_chat
+from minillama.tokenizer.tokenizer import CHATML_TEMPLATE, Tokenizer
+from minillama.tokenizer.train import DEFAULT_SPECIAL_TOKENS, train_bpe
+
+__all__ = ["CHATML_TEMPLATE", "DEFAULT_SPECIAL_TOKENS", "Tokenizer", "default_training_input", "render_chat",
+           "train_bpe", "train_tokenizer"]
