@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/minillama pipeline $(ARGS)
 
 test: $(STAMP)
+	sh tests/setup_browser.sh
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP)

@@ -1,0 +1,83 @@
+"""`minillama serve`: the OpenAI-compatible API and the playground for one model directory."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "MINILLAMA_API_KEY"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API, with a web playground",
+        description="Serve a model directory: POST /v1/completions and /v1/chat/completions (OpenAI's "
+                    "schema, stream: true for server-sent events), GET /v1/models, GET /health, and a "
+                    "playground page at /. Concurrent requests are decoded together (continuous batching). "
+                    "Needs the serve extra: pip install 'minillama[serve]'.")
+    parser.add_argument("--checkpoint", required=True,
+                        help="model directory (config.json + model.safetensors)")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's own)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                        help=f"require 'Authorization: Bearer KEY' on /v1 routes (default: ${API_KEY_ENV}, "
+                             "unset = no key)")
+    parser.add_argument("--model-name",
+                        help="the model id clients send (default: the checkpoint's folder name)")
+    parser.add_argument("--max-batch-size", type=int, default=16,
+                        help="requests decoded together; more wait for a free row (default: %(default)s)")
+    parser.add_argument("--context", type=int, default=None,
+                        help="most tokens (prompt + completion) per request; the KV cache holds "
+                             "max-batch-size x context tokens (default: the model's max_position_embeddings)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="weight dtype (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice, one per core)")
+    parser.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        from minillama.errors import MiniLlamaError
+
+        raise MiniLlamaError("serving needs FastAPI and uvicorn: pip install 'minillama[serve]'") from None
+    import torch
+
+    from minillama.export.commands import find_tokenizer_dir
+    from minillama.model import MiniLlama
+    from minillama.serve.app import ServeConfig, create_app
+    from minillama.tokenizer import Tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer_dir = find_tokenizer_dir(args.tokenizer, args.checkpoint)
+    if tokenizer_dir is None:
+        raise FileNotFoundError(f"no tokenizer.json in {args.tokenizer or args.checkpoint}; "
+                                "pass --tokenizer DIR")
+    model = MiniLlama.from_pretrained(args.checkpoint, device=args.device, dtype=getattr(torch, args.dtype))
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    if not args.api_key and not is_loopback(args.host):
+        log.warning("serving on %s without an API key: anyone who can reach it can use it (set --api-key)",
+                    args.host)
+    config = ServeConfig(name, args.api_key or None, args.max_batch_size, args.context)
+    app = create_app(model, tokenizer, config)
+    log.info("serving %s at http://%s:%d (playground at /)", name, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
