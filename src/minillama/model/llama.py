@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from minillama.model.cache import KVCache
 from minillama.model.config import ModelConfig
+from minillama.model.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -249,7 +250,7 @@ class Transformer(nn.Module):
 
 # ---- The causal language model -------------------------------------------------------------
 class CausalLMOutput(NamedTuple):
-    logits: torch.Tensor  # (B, T, V), or (B, logits_to_keep, V)
+    logits: torch.Tensor | None  # (B, T, V), or (B, logits_to_keep, V); None when trained on `targets`
     loss: torch.Tensor | None = None
 
 
@@ -300,15 +301,20 @@ class MiniLlama(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 cache: KVCache | None = None, logits_to_keep: int = 0,
-                label_smoothing: float = 0.0) -> CausalLMOutput:
+                label_smoothing: float = 0.0, targets: torch.Tensor | None = None) -> CausalLMOutput:
         """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; position_ids (B, T),
         derived from the mask (and the cache) when omitted; labels (B, T) unshifted, -100 ignored;
         cache: a `KVCache` to read past keys from and append to; logits_to_keep: only the last n
-        positions go through the head (1 for generation). Returns (logits, loss)."""
+        positions go through the head (1 for generation). Returns (logits, loss).
+
+        targets (B, T), already shifted (training): the loss comes from the fused chunked head
+        (`linear_cross_entropy`) and logits are not materialised (returned as None)."""
         mask, position_ids = self._prepare_attention(input_ids, attention_mask, position_ids, cache)
         hidden = self.model(input_ids, position_ids, mask, cache)  # (B, T, C)
         if cache is not None:
             cache.advance(input_ids.shape[1])
+        if targets is not None:
+            return CausalLMOutput(None, linear_cross_entropy(hidden, self.lm_head.weight, targets, label_smoothing))
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)  # (B, T, V)

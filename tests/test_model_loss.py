@@ -1,0 +1,63 @@
+"""The fused chunked head + cross-entropy against torch's own F.cross_entropy, values and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minillama.model import MiniLlama, ModelConfig, token_cross_entropy
+from minillama.model import loss as loss_module
+from minillama.model.loss import linear_cross_entropy
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("chunk_elements", [64, 1 << 21])  # many small chunks, and one chunk
+def test_matches_cross_entropy_and_its_gradients(smoothing, chunk_elements, monkeypatch):
+    monkeypatch.setattr(loss_module, "ROWS_PER_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    targets[0, :4] = -100
+    ours = linear_cross_entropy(hidden, weight, targets, smoothing)
+    (ours * 2.5).backward()  # a non-unit upstream gradient
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    reference = F.cross_entropy((hidden @ weight.T).flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                label_smoothing=smoothing)
+    (reference * 2.5).backward()
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], hidden.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], weight.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_model_targets_path_equals_the_logits_path_with_a_tied_head():
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset("debug", tie_word_embeddings=True)
+    model = MiniLlama(config)
+    ids = torch.randint(0, config.vocab_size, (2, 12))
+    targets = torch.roll(ids, -1, 1)
+    fused = model(ids, targets=targets)
+    assert fused.logits is None
+    fused.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    token_cross_entropy(model(ids).logits, targets).backward()
+    torch.testing.assert_close(fused.loss, token_cross_entropy(model(ids).logits, targets))
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(grads[name], param.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_is_close_to_float32():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(4, 64, 32), torch.randn(300, 32) * 0.1
+    targets = torch.randint(0, 300, (4, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = linear_cross_entropy(hidden, weight, targets)
+    assert abs(low.item() - linear_cross_entropy(hidden, weight, targets).item()) < 2e-2
+
+
+def test_no_gradient_work_in_evaluation():
+    hidden, weight = torch.randn(2, 5, 8), torch.randn(20, 8)
+    with torch.no_grad():
+        value = linear_cross_entropy(hidden, weight, torch.randint(0, 20, (2, 5)))
+    assert value.grad_fn is None and value.item() > 0
