@@ -22,6 +22,13 @@ def test_shipped_configs_load_and_build_their_model(path):
     assert model_config.vocab_size == 4096 and config.model.preset == path.stem
 
 
+def test_defaults_are_the_tiny_demo_config():
+    """`minillama train` with no arguments and configs/tiny.toml train the same run."""
+    tiny = parse(["--config", str(Path(__file__).parents[1] / "configs" / "tiny.toml")])
+    tiny.budget.max_minutes = None
+    assert tiny == parse([])
+
+
 def test_file_then_command_line_overrides(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('[optim]\nlr = 1e-3\n[model]\npreset = "debug"\nhidden_size = 96\n')

@@ -10,6 +10,7 @@ _TORCH_NAMES = {
     "KVCache": "minillama.model.cache",
     "CausalLMOutput": "minillama.model.llama",
     "MiniLlama": "minillama.model.llama",
+    "MiniLlamaForSequenceClassification": "minillama.model.classification",
     "causal_lm_loss": "minillama.model.llama",
     "token_cross_entropy": "minillama.model.llama",
 }

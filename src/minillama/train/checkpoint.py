@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,7 @@ from typing import Any
 import torch
 
 from minillama.errors import CheckpointError
-from minillama.export.hf import write_model_dir
 from minillama.files import atomic_directory, atomic_write_text, verify_manifest
-from minillama.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -41,16 +40,17 @@ class LoadedCheckpoint:
     tensors: dict[str, Any]  # optimizer.pt: optimizer state and RNG states
 
 
-def save_checkpoint(checkpoints: Path, step: int, config: ModelConfig, model_state: dict[str, torch.Tensor],
-                    tensors: dict[str, Any], state: dict[str, Any], tokenizer_dir: Path | None,
-                    keep_last: int, val_loss: float | None) -> Path:
+def save_checkpoint(checkpoints: Path, step: int, write_model: Callable[[dict[str, Any], Path], None],
+                    model_state: dict[str, torch.Tensor], tensors: dict[str, Any], state: dict[str, Any],
+                    tokenizer_dir: Path | None, keep_last: int, val_loss: float | None) -> Path:
     """Write step-XXXXXX atomically, point `latest` (and `best` if improved) at it, prune old ones.
 
-    `model_state` is the full (unsharded) model state dict.
+    `model_state` is the full (unsharded) model state dict; `write_model(model_state, directory)`
+    writes its files (the Trainer's `ModelFiles.write`).
     """
     target = checkpoints / f"step-{step:06d}"
     with atomic_directory(target) as tmp:
-        write_model_dir(config, model_state, tmp)
+        write_model(model_state, tmp)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         torch.save(tensors, tmp / "optimizer.pt")
         if tokenizer_dir is not None:

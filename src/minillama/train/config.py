@@ -54,7 +54,7 @@ class DataSection:
     vocab_size: int = _f(4096, "vocabulary size when a tokenizer has to be trained")
     prepared: str | None = _f(None, "prepared token files directory (default: OUT/data, prepared if missing)")
     seq_len: int = _f(256, "tokens per training window (context length)")
-    batch_size: int = _f(32, "windows per micro-batch (per process)")
+    batch_size: int = _f(16, "windows per micro-batch (per process)")
     loader: str = _f("random", "random: random windows; sequential: epochs in file order",
                      choices=("random", "sequential"))
 
@@ -63,7 +63,7 @@ class DataSection:
 class OptimSection:
     lr: float = _f(2e-3, "peak learning rate")
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of lr (cosine decay)")
-    warmup_steps: int = _f(100, "linear warmup steps")
+    warmup_steps: int = _f(30, "linear warmup steps")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not applied to norms and biases)")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
@@ -101,10 +101,10 @@ class RunSection:
     threads: int | None = _f(None, "CPU threads (default: cores / processes)")
     parallel: str = _f("ddp", "under torchrun: ddp (replicate) or fsdp (shard with fully_shard)",
                        choices=("ddp", "fsdp"))
-    eval_interval: int = _f(200, "evaluate every this many steps (and at the end)")
+    eval_interval: int = _f(100, "evaluate every this many steps (and at the end)")
     eval_batches: int = _f(20, "validation batches per periodic evaluation")
     log_interval: int = _f(10, "write metrics every this many steps")
-    checkpoint_interval: int = _f(500, "save a checkpoint every this many steps (and at the end)")
+    checkpoint_interval: int = _f(200, "save a checkpoint every this many steps (and at the end)")
     keep_last: int = _f(2, "checkpoints to keep (the best one is kept as well)")
     resume: str = _f("auto", "auto: continue from OUT's latest checkpoint; never; or a checkpoint path")
     on_nonfinite: str = _f("stop", "a NaN/inf loss or gradient: stop, or skip the batch",

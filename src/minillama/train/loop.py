@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from minillama.errors import MiniLlamaError
-from minillama.model import MiniLlama, token_cross_entropy
+from minillama.model import MiniLlama, ModelConfig
 from minillama.train import checkpoint as ckpt
 from minillama.train.config import TrainConfig
 from minillama.train.distributed import Distributed
@@ -39,6 +39,31 @@ class BatchIterator(Protocol):
     def __next__(self) -> Any: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ModelFiles(Protocol):
+    """How a checkpoint stores the model: `write(full_state, directory)` and `read(directory) ->
+    full_state` (loaded strictly). Fine-tuning stores a classifier, or only the LoRA adapters."""
+
+    def write(self, state: dict[str, torch.Tensor], directory: Path) -> None: ...
+    def read(self, directory: Path) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class CausalLMFiles:
+    """The default: a `MiniLlama.from_pretrained` directory (config.json + model.safetensors)."""
+
+    config: ModelConfig
+
+    def write(self, state: dict[str, torch.Tensor], directory: Path) -> None:
+        from minillama.export.hf import write_model_dir
+
+        write_model_dir(self.config, state, directory)
+
+    def read(self, directory: Path) -> dict[str, torch.Tensor]:
+        from minillama.export.hf import read_model_dir
+
+        return read_model_dir(directory).state_dict()
 
 
 class TrainingStopped(MiniLlamaError):
@@ -62,7 +87,7 @@ def pretraining_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                      label_smoothing: float = 0.0) -> torch.Tensor:
     """Next-token loss on a window: batch = (inputs, targets), each (B, T), targets already shifted."""
     inputs, targets = batch
-    return token_cross_entropy(model(inputs).logits, targets, label_smoothing)
+    return model(inputs, targets=targets, label_smoothing=label_smoothing).loss  # fused head + loss
 
 
 def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
@@ -85,7 +110,7 @@ class Trainer:
                  evaluate: Callable[[nn.Module], float] | None, dist: Distributed,
                  batch_loss: Callable[..., torch.Tensor] = pretraining_loss,
                  tokens_per_batch: int | None = None, tokenizer_dir: Path | None = None,
-                 extra_state: dict[str, Any] | None = None):
+                 extra_state: dict[str, Any] | None = None, model_files: ModelFiles | None = None):
         config = dataclasses.replace(config, budget=config.budget.resolved())
         self.config, self.dist, self.batches = config, dist, train_batches
         self.evaluate_fn, self.batch_loss = evaluate, batch_loss
@@ -100,6 +125,7 @@ class Trainer:
         self.tokens_per_step = (tokens_per_batch or config.data.batch_size * config.data.seq_len) \
             * config.optim.grad_accum * dist.world_size
         self.model = model  # unwrapped: its state dict is what checkpoints hold
+        self.model_files = model_files or CausalLMFiles(model.config)
         self.step, self.tokens, self.elapsed, self.skipped = 0, 0, 0.0, 0
         self.total_steps: int | None = None
         self.best_val_loss: float | None = None
@@ -125,10 +151,7 @@ class Trainer:
             loaded = ckpt.load_checkpoint(Path(mode))
         if loaded is None:
             return
-        from minillama.export.hf import read_model_dir
-
-        weights = read_model_dir(loaded.path).state_dict()
-        self.model.load_state_dict(weights)
+        self.model.load_state_dict(self.model_files.read(loaded.path))
         state = loaded.state
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.skipped, self.total_steps = state.get("skipped", 0), state.get("total_steps")
@@ -250,8 +273,8 @@ class Trainer:
                  "total_steps": self.total_steps, "val_loss": self.last_val_loss,
                  "best_val_loss": self.best_val_loss, "data": self.batches.state_dict(),
                  "world_size": self.dist.world_size, "config": self.config.to_dict(), **self.extra_state}
-        path = ckpt.save_checkpoint(self.checkpoints, self.step, self.model.config, model_state, tensors, state,
-                                    self.tokenizer_dir, self.config.run.keep_last, self.last_val_loss)
+        path = ckpt.save_checkpoint(self.checkpoints, self.step, self.model_files.write, model_state, tensors,
+                                    state, self.tokenizer_dir, self.config.run.keep_last, self.last_val_loss)
         self.dist.barrier()
         return path
 
@@ -370,9 +393,8 @@ def evaluate_batches(model: nn.Module, batches: Iterator[tuple[torch.Tensor, tor
     total, count = 0.0, 0
     for inputs, targets in batches:
         inputs, targets = inputs.to(device), targets.to(device)
-        logits = model(inputs).logits
         n = int((targets != -100).sum())
-        total += float(token_cross_entropy(logits, targets)) * n
+        total += float(model(inputs, targets=targets).loss) * n
         count += n
     if count == 0:
         raise MiniLlamaError("the validation set is too small for one window; use a shorter data.seq_len")

@@ -14,8 +14,10 @@ GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, 
 def measure_matmul_flops(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.3,
                          device: str = "cpu") -> float:
     """Achieved FLOP/s of a square matmul: the practical peak this process can reach."""
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
+    # A private generator: drawing from the global one would shift dropout after a resume.
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, dtype=dtype, device=device, generator=generator)
+    b = torch.randn(size, size, dtype=dtype, device=device, generator=generator)
     for _ in range(3):
         a @ b
     runs, start = 0, time.perf_counter()
