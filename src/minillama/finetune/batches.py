@@ -1,0 +1,91 @@
+"""Batches of variable-length examples: shuffled epochs, right padding, exact resume.
+
+Fine-tuning data is a list of examples (token ids, and labels per token or per sequence), so the
+loader is simple: each epoch is a seeded permutation of the examples, cut into global batches of
+`batch_size * world_size`, of which each rank takes its slice. Its whole state is (epoch, position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int] | int  # per-token labels (SFT, -100 = not learned) or one class id
+
+
+def pad_batch(examples: Sequence[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids (B, T), attention_mask (B, T) with 1 = token,
+    and labels: (B, T) padded with -100 for per-token labels, (B,) class ids otherwise."""
+    longest = max(len(e.ids) for e in examples)
+    input_ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    per_token = isinstance(examples[0].labels, list)
+    labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long) if per_token else \
+        torch.tensor([e.labels for e in examples], dtype=torch.long)
+    for row, example in enumerate(examples):
+        input_ids[row, :len(example.ids)] = torch.tensor(example.ids)
+        attention_mask[row, :len(example.ids)] = 1
+        if per_token:
+            labels[row, :len(example.ids)] = torch.tensor(example.labels)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class ExampleBatches:
+    """Endless shuffled batches of `examples` for one rank; `state_dict()` resumes exactly."""
+
+    def __init__(self, examples: Sequence[Example], batch_size: int, collate: Callable[[list[Example]], Any],
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        global_batch = batch_size * world_size
+        if len(examples) < global_batch:
+            raise ValueError(f"{len(examples)} training examples cannot fill one batch of {global_batch}; "
+                             "lower data.batch_size or add data")
+        self.examples, self.collate = examples, collate
+        self.batch_size, self.seed, self.rank, self.global_batch = batch_size, seed, rank, global_batch
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.examples), generator=generator).tolist()
+
+    def __iter__(self) -> ExampleBatches:
+        return self
+
+    def __next__(self) -> Any:
+        if self.position + self.global_batch > len(self._order):  # the epoch's tail is dropped
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._permutation()
+        start = self.position + self.rank * self.batch_size
+        indices = self._order[start:start + self.batch_size]
+        self.position += self.global_batch
+        return self.collate([self.examples[i] for i in indices])
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "examples": len(self.examples)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("examples", len(self.examples)) != len(self.examples):
+            raise ValueError(f"the checkpoint was trained on {state['examples']} examples, this data has "
+                             f"{len(self.examples)}; resume with the same data and settings")
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._permutation()
+
+
+def fixed_batches(examples: Sequence[Example], batch_size: int, collate: Callable[[list[Example]], Any],
+                  limit: int | None = None):
+    """Examples in order, `batch_size` at a time (evaluation), at most `limit` batches."""
+    count = 0
+    for start in range(0, len(examples), batch_size):
+        if limit is not None and count >= limit:
+            return
+        yield collate(list(examples[start:start + batch_size]))
+        count += 1

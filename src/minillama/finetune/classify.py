@@ -1,0 +1,218 @@
+"""Sequence classification (SST-2 sentiment by default) through the one training loop.
+
+The model is `MiniLlamaForSequenceClassification`: a pretrained decoder (`--base DIR`) or a fresh
+one (`--model.preset`, with a tokenizer trained on the training sentences when none is given), and
+a score head on each sentence's last token. What differs from pretraining: the batches (padded
+sentences with one class id each), the loss (`classification_loss`) and the checkpoint files
+(a transformers `LlamaForSequenceClassification` directory). Results in OUT/:
+
+    checkpoints/step-N/   the loop's checkpoints (each a transformers-loadable classifier)
+    model/                the final classifier with its tokenizer
+    report.json           accuracy and loss on the dev and test splits
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from minillama.errors import MiniLlamaError
+from minillama.finetune.batches import Example, ExampleBatches, fixed_batches, pad_batch
+from minillama.train.config import TrainConfig
+from minillama.train.distributed import Distributed
+from minillama.train.loop import Trainer
+
+log = logging.getLogger(__name__)
+SST2_LABELS = ("negative", "positive")  # SST-2's label column holds 0 / 1
+SPLITS = ("train", "dev", "test")
+
+
+def read_labelled_tsv(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """(label, sentence) pairs of a `label<TAB>sentence` file with a header line (SST-2's layout);
+    each line is split once on its first tab (the sentences are not quoted)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    pairs = []
+    for lineno, line in enumerate(lines[1:], 2):
+        label, tab, sentence = line.partition("\t")
+        if not tab or not label.strip().isdigit():
+            raise MiniLlamaError(f"{path}:{lineno}: expected '<class id>\\t<sentence>', got {line[:60]!r}")
+        pairs.append((int(label), sentence))
+    return pairs
+
+
+def sst2_split(split: str) -> list[tuple[int, str]]:
+    from minillama.assets import asset_path
+
+    if split not in SPLITS:
+        raise ValueError(f"SST-2 splits are {', '.join(SPLITS)}, not {split!r}")
+    return read_labelled_tsv(asset_path(f"sentiment/sst2_{split}.tsv.gz"))
+
+
+def encode_sentences(tokenizer: Any, pairs: list[tuple[int, str]], max_len: int) -> list[Example]:
+    """Token ids (truncated to `max_len`; no special tokens, so no text token is the pad token)."""
+    ids = tokenizer.encode_batch([sentence for _, sentence in pairs])
+    return [Example(row[:max_len], label) for row, (label, _) in zip(ids, pairs, strict=True)]
+
+
+def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+                        ) -> torch.Tensor:
+    """Mean cross-entropy of the class logits (B, num_labels) against the class ids (B,)."""
+    return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 label_smoothing=label_smoothing).loss
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, examples: list[Example], batch_size: int, pad_token_id: int,
+                        device: torch.device, max_batches: int | None = None) -> dict[str, float]:
+    """Accuracy and mean loss over (the first `max_batches` batches of) `examples`."""
+    correct, loss, count = 0, 0.0, 0
+    collate = partial(pad_batch, pad_token_id=pad_token_id)
+    for batch in fixed_batches(examples, batch_size, collate, max_batches):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        output = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        n = len(batch["labels"])
+        correct += int((output.logits.argmax(-1) == batch["labels"]).sum())
+        loss, count = loss + float(output.loss) * n, count + n
+    return {"accuracy": correct / count, "loss": loss / count, "examples": count}
+
+
+@dataclass
+class ClassifierFiles:
+    """The Trainer's `ModelFiles` for a classifier: transformers' sequence-classification layout."""
+
+    config: Any  # ModelConfig
+    labels: list[str]
+
+    def write(self, state: dict[str, torch.Tensor], directory: Path) -> None:
+        from minillama.export.classification import write_classifier_dir
+
+        write_classifier_dir(self.config, self.labels, state, directory)
+
+    def read(self, directory: Path) -> dict[str, torch.Tensor]:
+        from minillama.export.classification import read_classifier_dir
+
+        return read_classifier_dir(directory).state_dict()
+
+
+@dataclass
+class ClassifySettings:
+    base: str | None = None  # a pretrained model directory; None: train from scratch
+
+
+def build_classifier(config: TrainConfig, settings: ClassifySettings, tokenizer_dir: Path, labels: list[str]):
+    """(classifier, tokenizer): the base's decoder with a new score head, or a fresh model."""
+    from minillama.model import MiniLlama, MiniLlamaForSequenceClassification
+    from minillama.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if settings.base is None:
+        model_config = config.model.build(vocab_size=tokenizer.vocab_size, pad_token_id=pad,
+                                          eos_token_id=tokenizer.eos_token_id,
+                                          bos_token_id=tokenizer.bos_token_id)
+        return MiniLlamaForSequenceClassification(model_config, labels), tokenizer
+    base = MiniLlama.from_pretrained(settings.base)
+    if tokenizer.vocab_size > base.config.vocab_size:
+        raise MiniLlamaError(f"the tokenizer has {tokenizer.vocab_size} tokens, the base model "
+                             f"{base.config.vocab_size}; pass the tokenizer the base was trained with")
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = pad  # the head reads the last token that is not padding
+    return MiniLlamaForSequenceClassification(base.config, labels, backbone=base.model), tokenizer
+
+
+def ensure_classify_tokenizer(config: TrainConfig, settings: ClassifySettings, out_dir: Path,
+                              dist: Distributed) -> Path:
+    """The tokenizer: data.tokenizer, the base's, or one trained on the SST-2 training sentences."""
+    if config.data.tokenizer or settings.base:
+        return Path(config.data.tokenizer or settings.base)
+    path = out_dir / "tokenizer"
+    if dist.is_main and not (path / "tokenizer.json").is_file():
+        from minillama.tokenizer import DEFAULT_SPECIAL_TOKENS, train_tokenizer
+
+        text = out_dir / "sst2_train.txt"
+        text.write_text("\n".join(s for _, s in sst2_split("train")) + "\n", encoding="utf-8")
+        train_tokenizer(text, config.data.vocab_size, DEFAULT_SPECIAL_TOKENS, path)
+        text.unlink()
+    dist.barrier()
+    return path
+
+
+def train_classifier(config: TrainConfig, settings: ClassifySettings) -> dict[str, Any]:
+    """Train on the SST-2 train split (validating on dev); returns the report (dev and test accuracy)."""
+    dist = Distributed.from_env(config.run.device, config.run.threads)
+    try:
+        out_dir = Path(config.run.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer_dir = ensure_classify_tokenizer(config, settings, out_dir, dist)
+        torch.manual_seed(config.run.seed)
+        model, tokenizer = build_classifier(config, settings, tokenizer_dir, list(SST2_LABELS))
+        max_len = min(config.data.seq_len, model.config.max_position_embeddings)
+        train, dev = (encode_sentences(tokenizer, sst2_split(s), max_len) for s in ("train", "dev"))
+        pad = model.config.pad_token_id
+        batches = ExampleBatches(train, config.data.batch_size, partial(pad_batch, pad_token_id=pad),
+                                 seed=config.run.seed, rank=dist.rank, world_size=dist.world_size)
+
+        shard = dev[dist.rank::dist.world_size]
+
+        def evaluate(wrapped: nn.Module) -> float:
+            scores = evaluate_classifier(wrapped, shard, config.data.batch_size, pad, dist.device,
+                                         config.run.eval_batches)
+            log.info("dev accuracy %.3f (first %d sentences)", scores["accuracy"], scores["examples"])
+            return scores["loss"]
+
+        files = ClassifierFiles(model.config, model.labels)
+        trainer = Trainer(config, model, batches, evaluate, dist, batch_loss=classification_loss,
+                          tokenizer_dir=tokenizer_dir, model_files=files,
+                          extra_state={"classify": asdict(settings)})
+        result = trainer.fit()
+        report: dict[str, Any] = {"steps": result.step, "stopped_by": result.stopped_by,
+                                  "checkpoint": str(result.checkpoint)}
+        if dist.is_main and result.stopped_by == "budget" and result.checkpoint is not None:
+            report |= finish(result.checkpoint, tokenizer, out_dir, config.data.batch_size, max_len)
+        return report
+    finally:
+        dist.close()
+
+
+def finish(checkpoint: Path, tokenizer: Any, out_dir: Path, batch_size: int, max_len: int) -> dict[str, Any]:
+    """OUT/model from the last checkpoint, and its dev / test scores in OUT/report.json."""
+    from minillama.export.classification import read_classifier_dir, save_hf_classifier
+    from minillama.files import atomic_write_text
+
+    model = read_classifier_dir(checkpoint).eval()
+    save_hf_classifier(model, out_dir / "model", tokenizer)
+    report: dict[str, Any] = {"model": str(out_dir / "model")}
+    for split in ("dev", "test"):
+        examples = encode_sentences(tokenizer, sst2_split(split), max_len)
+        report[split] = evaluate_classifier(model, examples, batch_size, model.config.pad_token_id,
+                                            torch.device("cpu"))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def evaluate_saved_classifier(model_dir: str | os.PathLike, split: str = "test", batch_size: int = 64,
+                              device: str = "auto", data: str | None = None) -> dict[str, Any]:
+    """Accuracy of a saved classifier on an SST-2 split (or a `label<TAB>sentence` file `data`)."""
+    from minillama.export.classification import read_classifier_dir
+    from minillama.tokenizer import Tokenizer
+    from minillama.train.distributed import resolve_device
+
+    target = resolve_device(device)
+    model = read_classifier_dir(model_dir, device=target).eval()
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    pairs = read_labelled_tsv(data) if data else sst2_split(split)
+    examples = encode_sentences(tokenizer, pairs, model.config.max_position_embeddings)
+    scores = evaluate_classifier(model, examples, batch_size, model.config.pad_token_id, target)
+    return {"model": str(model_dir), "data": data or f"sst2/{split}", **scores}

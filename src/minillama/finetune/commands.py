@@ -1,0 +1,144 @@
+"""`minillama sft`, `minillama merge-lora` and `minillama classify train|eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from minillama.train.config import TrainConfig, add_config_arguments
+
+
+def sft_defaults() -> TrainConfig:
+    config = TrainConfig()
+    config.data.dataset, config.data.batch_size = "tinystories-instruct", 16
+    config.optim.lr, config.optim.warmup_steps, config.optim.weight_decay = 5e-4, 20, 0.0
+    config.run.out_dir, config.run.eval_interval, config.run.checkpoint_interval = "runs/sft", 100, 250
+    return config
+
+
+def classify_defaults() -> TrainConfig:
+    config = TrainConfig()
+    config.data.dataset, config.data.batch_size, config.data.seq_len = "sst2", 32, 128
+    config.data.vocab_size = 2048
+    config.model.preset = "debug"
+    config.optim.lr, config.optim.warmup_steps = 1e-3, 50
+    config.run.out_dir, config.run.eval_interval, config.run.checkpoint_interval = "runs/classify", 100, 500
+    return config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sft = subparsers.add_parser(
+        "sft", help="supervised fine-tuning on instructions (full or LoRA)",
+        description="Fine-tune a model on instruction data rendered in ChatML; only the assistant's "
+                    "tokens (and their <|im_end|>) are learned. --data is a shipped set "
+                    "(tinystories-instruct, gsm8k, alpaca) or a .jsonl file of Alpaca records (instruction, "
+                    "input, output) or chats (messages). With --lora-r, only low-rank adapters train and are "
+                    "saved in PEFT's format. The final model goes to RUN/model (merged), ready for "
+                    "`minillama chat`.")
+    sft.add_argument("--base", required=True, help="model directory to fine-tune (with its tokenizer files)")
+    sft.add_argument("--data", dest="data.dataset", default=argparse.SUPPRESS,
+                     help="SFT data: tinystories-instruct (default), gsm8k, alpaca, or a .jsonl path")
+    sft.add_argument("--lora-r", type=int, help="LoRA rank (omit for full fine-tuning); adapters usually want "
+                                                "a higher --optim.lr than full fine-tuning, e.g. 2e-3")
+    sft.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha; the update is scaled by "
+                                                                    "alpha / r (default: %(default)s)")
+    sft.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input "
+                                                                     "(default: %(default)s)")
+    sft.add_argument("--lora-targets", default="q_proj,v_proj",
+                     help="modules to adapt, any of q,k,v,o,gate,up,down (_proj optional; "
+                          "default: %(default)s)")
+    sft.add_argument("--val-fraction", type=float, default=0.05,
+                     help="share held out for validation when the data has no validation set "
+                          "(default: %(default)s)")
+    add_config_arguments(sft, sft_defaults())
+    sft.set_defaults(func=run_sft, accepts_unknown=True)
+
+    merge = subparsers.add_parser(
+        "merge-lora", help="fold LoRA adapters (ours or PEFT's) into their base model",
+        description="Merge a LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as "
+                    "written by `minillama sft --lora-r` or by PEFT) into its base model and write a plain, "
+                    "transformers-loadable model directory.")
+    merge.add_argument("--base", required=True, help="the base model directory")
+    merge.add_argument("--adapter", required=True, help="the adapter directory")
+    merge.add_argument("--out", required=True, help="output model directory (replaced atomically)")
+    merge.add_argument("--tokenizer", help="tokenizer directory (default: the adapter's, else the base's)")
+    merge.set_defaults(func=run_merge)
+
+    classify = subparsers.add_parser(
+        "classify", help="sentence classification (SST-2 sentiment): train or evaluate",
+        description="Train a sequence classifier (a score head on the last token, as transformers' "
+                    "LlamaForSequenceClassification) on the shipped SST-2, or evaluate one.")
+    actions = classify.add_subparsers(dest="classify_command", metavar="ACTION", required=True)
+    train = actions.add_parser(
+        "train", help="train on SST-2 train, validate on dev, report dev and test accuracy",
+        description="Train from a pretrained model (--base DIR: its decoder and tokenizer) or from scratch "
+                    "(--model.preset, with a BPE trained on the SST-2 training sentences unless "
+                    "--data.tokenizer is given). Writes RUN/model (transformers-loadable) and "
+                    "RUN/report.json.")
+    train.add_argument("--base", help="pretrained model directory (default: train from scratch)")
+    add_config_arguments(train, classify_defaults())
+    train.set_defaults(func=run_classify_train, accepts_unknown=True)
+    evaluate = actions.add_parser("eval", help="accuracy of a trained classifier on an SST-2 split")
+    evaluate.add_argument("--checkpoint", required=True, metavar="DIR",
+                          help="classifier directory (RUN/model, or one of RUN/checkpoints/step-N)")
+    evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"],
+                          help="SST-2 split (default: %(default)s)")
+    evaluate.add_argument("--data", help="a label<TAB>sentence file with a header line instead of SST-2")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=run_classify_eval)
+
+
+def run_sft(args: argparse.Namespace, unknown: list[str] | None = None) -> int:
+    from minillama.finetune.lora import LoRAConfig
+    from minillama.finetune.sft import SFTSettings, sft
+    from minillama.train.config import config_from_args
+
+    config = config_from_args(args, unknown, sft_defaults())
+    if config.model.overrides or config.model.preset != sft_defaults().model.preset:
+        raise ValueError("sft takes the model from --base; --model.* settings do not apply")
+    lora = None
+    if args.lora_r is not None:
+        lora = LoRAConfig(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
+    result = sft(config, SFTSettings(args.base, lora, args.val_fraction))
+    status = "finished" if result.stopped_by == "budget" else "interrupted"
+    loss = "" if result.val_loss is None else f", validation loss {result.val_loss:.4f}"
+    print(f"{status} at step {result.step}{loss}; checkpoint {result.checkpoint}")
+    if status == "finished":
+        adapter = f", adapter: {result.out_dir / 'adapter'}" if lora else ""
+        print(f"model: {result.out_dir / 'model'}{adapter}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from minillama.export import save_hf
+    from minillama.export.commands import find_tokenizer_dir
+    from minillama.finetune.sft import merge_adapter
+    from minillama.tokenizer import Tokenizer
+
+    model = merge_adapter(args.base, args.adapter)
+    tokenizer_dir = find_tokenizer_dir(args.tokenizer, args.adapter, args.base)
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else None
+    out = save_hf(model, args.out, tokenizer)
+    print(f"merged {args.adapter} into {args.base}: {out}")
+    return 0
+
+
+def run_classify_train(args: argparse.Namespace, unknown: list[str] | None = None) -> int:
+    from minillama.finetune.classify import ClassifySettings, train_classifier
+    from minillama.train.config import config_from_args
+
+    config = config_from_args(args, unknown, classify_defaults())
+    if config.data.dataset != "sst2":
+        raise ValueError("classify train uses the shipped SST-2 (data.dataset sst2)")
+    report = train_classifier(config, ClassifySettings(args.base))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run_classify_eval(args: argparse.Namespace) -> int:
+    from minillama.finetune.classify import evaluate_saved_classifier
+
+    report = evaluate_saved_classifier(args.checkpoint, args.split, args.batch_size, args.device, args.data)
+    print(json.dumps(report, indent=2))
+    return 0
