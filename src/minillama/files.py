@@ -92,6 +92,9 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = True) -> Itera
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); give it the usual mode
     try:
         yield tmp
+        for path in tmp.rglob("*"):  # safetensors writes 0600 files; make them readable as usual
+            if path.is_file():
+                os.chmod(path, 0o666 & ~umask)
         write_manifest(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
