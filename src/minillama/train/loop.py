@@ -301,11 +301,13 @@ class Trainer:
                 self.tokens += self.tokens_per_step
                 self.elapsed += time.perf_counter() - started
                 window_steps += 1
-                if self.config.budget.max_minutes and self.total_steps is None:
+                if self.config.budget.max_minutes and not self.config.budget.max_steps:
                     if self.step == calibrate_from:  # the first steps are slow (allocation, warm-up)
                         calibration_elapsed = self.elapsed
-                    elif self.step == calibrate_to:
-                        self._calibrate((self.elapsed - calibration_elapsed) / (calibrate_to - calibrate_from))
+                    elif self.step == calibrate_to or (self.step > calibrate_to
+                                                       and self.step % run.eval_interval == 0):
+                        # re-estimated at each evaluation: the machine's speed may change
+                        self._calibrate((self.elapsed - calibration_elapsed) / (self.step - calibrate_from))
                         progress.total = self._schedule_steps()
                 if self.step % run.log_interval == 0 or self.step == 1:
                     seconds = time.perf_counter() - window_start
