@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from minillama.model import MiniLlama, ModelConfig, token_cross_entropy
+from minillama.model import MiniLlama, ModelConfig
 from minillama.train.perf import measure_matmul_flops
 
 
@@ -34,7 +34,7 @@ def build(kind: str, config: ModelConfig):
 
 def loss_fn(kind: str):
     if kind == "minillama":
-        return lambda model, x, y: token_cross_entropy(model(x).logits, y)
+        return lambda model, x, y: model(x, targets=y).loss  # the fused head + loss the trainer uses
     return lambda model, x, y: model(input_ids=x, labels=x).loss  # transformers shifts inside
 
 
