@@ -123,7 +123,9 @@ def _text_documents(path: Path, doc_separator: str) -> Iterator[str]:
             yield from _strip_all(f)
 
 
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """The JSON objects of a .jsonl(.gz) file, one per non-empty line; a bad line is a one-line error."""
+    path = Path(path)
     with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -132,16 +134,22 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise MiniLlamaError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                raise MiniLlamaError(
-                    f"{path}:{lineno}: no string field {text_field!r} (has: {fields}); "
-                    "name the text field with --text-field"
-                )
-            text = text.strip()
-            if text:
-                yield text
+            if not isinstance(record, dict):
+                raise MiniLlamaError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            yield record
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    for lineno, record in enumerate(read_jsonl(path), 1):
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            raise MiniLlamaError(
+                f"{path}: record {lineno}: no string field {text_field!r} (has: {', '.join(record)}); "
+                "name the text field with --text-field"
+            )
+        text = text.strip()
+        if text:
+            yield text
 
 
 def _import_pyarrow_parquet():

@@ -12,10 +12,7 @@ CC BY-NC 4.0), and `tinystories-instruct`, built at run time from the embedded T
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +21,7 @@ from typing import Any
 
 import torch
 
+from minillama.data.sources import read_jsonl
 from minillama.errors import MiniLlamaError
 from minillama.finetune.batches import IGNORE_INDEX, Example
 
@@ -32,22 +30,6 @@ Messages = list[dict[str, str]]
 STORY_PROMPT = "Write a story that starts with: {first}"
 MAX_STORY_CHARS = 800  # about 190 tokens: with the prompt, a story fits the tiny model's 256 positions
 FIRST_SENTENCE = re.compile(r"^(.+?[.!?][\"']?)(?=\s|$)", re.DOTALL)
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MiniLlamaError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise MiniLlamaError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield record
 
 
 def to_messages(record: dict[str, Any]) -> Messages:
