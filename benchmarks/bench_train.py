@@ -1,7 +1,7 @@
 """Training throughput: minillama vs transformers' LlamaForCausalLM, same shape, batch, dtype, threads.
 
     python benchmarks/bench_train.py                 # stories15M shape, batch 8 x 256, 2 threads
-    python benchmarks/bench_train.py --quick         # fewer steps, no compile
+    python benchmarks/bench_train.py --quick         # eager only, fewer rounds
 
 Prints tokens/s for each (implementation, precision, compiled) pair, ratios against transformers'
 best configuration, and achieved FLOP/s against a float32 / bf16 GEMM measured in the same run.
@@ -10,6 +10,7 @@ best configuration, and achieved FLOP/s against a float32 / bf16 GEMM measured i
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -38,8 +39,8 @@ def loss_fn(kind: str):
     return lambda model, x, y: model(input_ids=x, labels=x).loss  # transformers shifts inside
 
 
-def tokens_per_second(kind: str, config: ModelConfig, precision: str, compiled: bool, batch: int, seq: int,
-                      steps: int, warmup: int) -> float:
+def make_step(kind: str, config: ModelConfig, precision: str, compiled: bool, batch: int, seq: int):
+    """One training step (forward, backward, AdamW) of a fresh model on a fixed random batch."""
     model = build(kind, config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     step_model = torch.compile(model) if compiled else model
@@ -55,12 +56,14 @@ def tokens_per_second(kind: str, config: ModelConfig, precision: str, compiled: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
+    return step
+
+
+def timed(step, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return steps * batch * seq / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -69,29 +72,42 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds; the median counts")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="3 steps, eager only")
+    parser.add_argument("--quick", action="store_true", help="eager only, fewer rounds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = ModelConfig.from_preset(args.preset)
-    steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
+    steps, warmup, rounds = (2, 1, 3) if args.quick else (args.steps, args.warmup, args.rounds)
     compile_options = (False,) if args.quick else (False, True)
     flops_per_token = MiniLlama(config).flops_per_token(args.seq)
     peaks = {"fp32": measure_matmul_flops(torch.float32, seconds=1.0),
              "bf16": measure_matmul_flops(torch.bfloat16, seconds=1.0)}
-    print(f"{args.preset}: batch {args.batch} x {args.seq}, {args.threads} threads, torch {torch.__version__}")
+    print(f"{args.preset}: batch {args.batch} x {args.seq}, {args.threads} threads, torch {torch.__version__}; "
+          f"median of {rounds} interleaved rounds of {steps} steps")
     print(f"GEMM peak (1024^3 matmul): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
-    results = {}
+    # Every configuration is built and warmed up (compiled) first, then timed in interleaved
+    # rounds, so a burst of load on a shared machine hits them all alike; the median round counts.
+    steppers = {}
     for kind in ("transformers", "minillama"):
         for precision in ("fp32", "bf16"):
             for compiled in compile_options:
-                rate = tokens_per_second(kind, config, precision, compiled, args.batch, args.seq, steps, warmup)
-                results[kind, precision, compiled] = rate
-                achieved = rate * flops_per_token
-                print(f"{kind:<13} {precision} {'compiled' if compiled else 'eager   '} {rate:8,.0f} tokens/s  "
-                      f"{achieved / 1e9:6.0f} GFLOP/s = {achieved / peaks['fp32']:5.1%} of the fp32 GEMM, "
-                      f"{achieved / peaks['bf16']:5.1%} of bf16", flush=True)
+                step = make_step(kind, config, precision, compiled, args.batch, args.seq)
+                timed(step, warmup)
+                steppers[kind, precision, compiled] = step
+    seconds = {key: [] for key in steppers}
+    for _ in range(rounds):
+        for key, step in steppers.items():
+            seconds[key].append(timed(step, steps))
+    results = {}
+    for (kind, precision, compiled), times in seconds.items():
+        rate = steps * args.batch * args.seq / statistics.median(times)
+        results[kind, precision, compiled] = rate
+        achieved = rate * flops_per_token
+        print(f"{kind:<13} {precision} {'compiled' if compiled else 'eager   '} {rate:8,.0f} tokens/s  "
+              f"{achieved / 1e9:6.0f} GFLOP/s = {achieved / peaks['fp32']:5.1%} of the fp32 GEMM, "
+              f"{achieved / peaks['bf16']:5.1%} of bf16", flush=True)
     best_hf = max(v for k, v in results.items() if k[0] == "transformers")
     best_ours = max(v for k, v in results.items() if k[0] == "minillama")
     fp32_eager = results["minillama", "fp32", False] / results["transformers", "fp32", False]

@@ -233,3 +233,25 @@ def test_compiled_decode_step_gives_the_same_tokens():
     compiled = generate(model, prompt, mask, max_new_tokens=12, temperature=0, stop_token_ids=(),
                         compile=True)
     assert torch.equal(eager, compiled)
+
+
+def test_prepared_for_decoding_gives_the_same_logits_and_state(model):
+    from minillama.generate import prepare_for_decoding
+    from minillama.generate.decode import ThreadSplitLinear
+
+    prompt = torch.tensor([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
+    with torch.no_grad():
+        expected = model(prompt).logits
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        prepared = make_model()
+        torch.set_num_threads(2)  # two blocks per weight; the fixture restores one thread
+        try:
+            prepare_for_decoding(prepared)
+        finally:
+            torch.set_num_threads(1)
+        assert isinstance(prepared.lm_head, ThreadSplitLinear) and prepared.lm_head.parts == 2
+        assert not prepared.lm_head.weight.is_contiguous()  # column-major now
+        torch.testing.assert_close(prepared(prompt).logits, expected, atol=1e-5, rtol=1e-5)  # (B, T, V) rows
+        torch.testing.assert_close(prepared(prompt[:1, :1]).logits, expected[:1, :1], atol=1e-5, rtol=1e-5)
+    assert prepared.state_dict().keys() == state.keys()
+    assert all(torch.equal(prepared.state_dict()[k], v) for k, v in state.items())

@@ -176,19 +176,22 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(C, K * D, bias=config.attention_bias)
         self.o_proj = nn.Linear(H * D, C, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
-        """x: (B, T, C); mask: bool (B, 1, T, S) or None for plain causal. -> (B, T, C)"""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, C); mask: bool (B, 1, T, S) or None for plain causal; cache_position (T,): the
+        cache slots to write, for the cache's fixed-size view (see `KVCache`). -> (B, T, C)"""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, K, S, D): everything seen so far
+            k, v = cache.update(self.layer_idx, k, v, cache_position)  # (B, K, S, D): all keys to attend to
         # No mask and several queries means a fresh sequence: plain causal (the fast kernel path).
         causal = mask is None and T > 1
-        if self.implementation == "eager":
+        # One query per row (decoding): SDPA's flash kernel has nothing to tile and costs more to set
+        # up than the textbook form's two small matmuls.
+        if self.implementation == "eager" or T == 1:
             y = eager_attention(q, k, v, mask, causal)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
@@ -220,8 +223,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, mask, cache, cache_position=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_position)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -236,15 +239,15 @@ class Transformer(nn.Module):
         self.rotary_emb = RotaryEmbedding(config)
         self.gradient_checkpointing = False
 
-    def forward(self, input_ids, position_ids, mask, cache):
+    def forward(self, input_ids, position_ids, mask, cache, cache_position=None):
         x = self.embed_tokens(input_ids)  # (B, T, C)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 # Recompute the block in backward instead of storing its activations.
-                x = checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, cache, cache_position, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache)
+                x = layer(x, cos, sin, mask, cache, cache_position)
         return self.norm(x)
 
 
@@ -301,17 +304,21 @@ class MiniLlama(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 cache: KVCache | None = None, logits_to_keep: int = 0,
-                label_smoothing: float = 0.0, targets: torch.Tensor | None = None) -> CausalLMOutput:
+                label_smoothing: float = 0.0, targets: torch.Tensor | None = None,
+                cache_position: torch.Tensor | None = None) -> CausalLMOutput:
         """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; position_ids (B, T),
         derived from the mask (and the cache) when omitted; labels (B, T) unshifted, -100 ignored;
         cache: a `KVCache` to read past keys from and append to; logits_to_keep: only the last n
         positions go through the head (1 for generation). Returns (logits, loss).
 
         targets (B, T), already shifted (training): the loss comes from the fused chunked head
-        (`linear_cross_entropy`) and logits are not materialised (returned as None)."""
-        mask, position_ids = self._prepare_attention(input_ids, attention_mask, position_ids, cache)
-        hidden = self.model(input_ids, position_ids, mask, cache)  # (B, T, C)
-        if cache is not None:
+        (`linear_cross_entropy`) and logits are not materialised (returned as None).
+
+        cache_position (T,): write the new keys at these cache slots and attend over all of them
+        (the cache's fixed-size view, for a compiled decode step); the caller then advances the cache."""
+        mask, position_ids = self._prepare_attention(input_ids, attention_mask, position_ids, cache, cache_position)
+        hidden = self.model(input_ids, position_ids, mask, cache, cache_position)  # (B, T, C)
+        if cache is not None and cache_position is None:
             cache.advance(input_ids.shape[1])
         if targets is not None:
             return CausalLMOutput(None, linear_cross_entropy(hidden, self.lm_head.weight, targets, label_smoothing))
@@ -321,33 +328,35 @@ class MiniLlama(nn.Module):
         loss = None if labels is None else causal_lm_loss(logits, labels, label_smoothing)
         return CausalLMOutput(logits, loss)
 
-    def _prepare_attention(self, input_ids, attention_mask, position_ids, cache):
+    def _prepare_attention(self, input_ids, attention_mask, position_ids, cache, cache_position=None):
         """The bool attention mask (B, 1, T, S), or None when plain causal attention is exact, and
         the positions (B, T). With left padding, positions count real tokens only."""
         B, T = input_ids.shape
+        device = input_ids.device
         past = cache.length if cache is not None else 0
-        if cache is not None and past + T > cache.max_seq_len:
+        fixed_size = cache_position is not None
+        if cache is not None and not fixed_size and past + T > cache.max_seq_len:
             raise ValueError(f"the KV cache holds {cache.max_seq_len} tokens; {past} + {T} do not fit, "
                              "allocate a longer cache")
-        key_valid = None  # (B, S): which keys are real tokens
+        query_slots = cache_position if fixed_size else torch.arange(past, past + T, device=device)  # (T,)
+        key_valid = None  # (B, S): which key slots are real tokens
         if cache is not None:
-            key_valid = cache.record_mask(attention_mask, T)
+            key_valid = cache.record_mask(attention_mask, T, cache_position)
         elif attention_mask is not None and not bool(attention_mask.all()):
             key_valid = attention_mask.bool()
         if position_ids is None:
             if key_valid is None:
-                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+                position_ids = query_slots.expand(B, T)
             else:
-                position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
-        if key_valid is None and (past == 0 or T == 1):
+                position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, query_slots]
+        if key_valid is None and not fixed_size and (past == 0 or T == 1):
             return None, position_ids  # plain causal, or one query that sees every cached key
-        S = past + T
-        query_pos = torch.arange(past, S, device=input_ids.device)
-        allowed = torch.arange(S, device=input_ids.device) <= query_pos[:, None]  # (T, S) causal
+        S = cache.max_seq_len if fixed_size else past + T
+        key_slots = torch.arange(S, device=device)
+        allowed = key_slots <= query_slots[:, None]  # (T, S) causal
         if key_valid is not None:
             # Padding rows attend to themselves only, so no row is empty (an empty row gives NaN).
-            allowed = allowed & (key_valid[:, None, :] | (torch.arange(S, device=input_ids.device)
-                                                          == query_pos[:, None]))
+            allowed = allowed & (key_valid[:, None, :] | (key_slots == query_slots[:, None]))
         return allowed.expand(B, T, S).unsqueeze(1), position_ids
 
     # ---- bookkeeping ---------------------------------------------------------------------

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-ROWS_PER_CHUNK_ELEMENTS = 1 << 21  # chunk rows x vocab: ~8 MB of float32 logits, stays in cache
+# Rows per chunk = this / vocab: 32 MB of float32 logits. Fewer, larger chunks cost less in
+# gradient-of-weight accumulation (one (V, C) add per chunk) than they lose in cache misses.
+CHUNK_ELEMENTS = 1 << 23
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -20,41 +22,44 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, label_smoothing, compute_dtype, need_grad):
         """hidden (N, C), weight (V, C), targets (N,) -> mean loss over targets != -100."""
         vocab = weight.shape[0]
-        rows = max(1, ROWS_PER_CHUNK_ELEMENTS // vocab)
-        valid = targets != -100
-        count = valid.sum().clamp(min=1)
+        rows = max(1, CHUNK_ELEMENTS // vocab)
+        count = (targets != -100).sum().clamp(min=1)
         w = weight.to(compute_dtype)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
+        grad_weight = None
         for start in range(0, hidden.shape[0], rows):
             h = hidden[start:start + rows].to(compute_dtype)
-            t, ok = targets[start:start + rows], valid[start:start + rows]
+            t = targets[start:start + rows, None]
+            counted = (t != -100).to(compute_dtype)  # (n, 1): ignored rows get no loss, no gradient
+            t = t.clamp(min=0)
             logits = (h @ w.T).float()  # (n, V)
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
-            row_loss = (1 - label_smoothing) * (lse - picked)
+            probs = torch.softmax(logits, dim=-1)
+            # log-sum-exp from the largest logit, whose probability (>= 1/V) never underflows
+            lse = logits.amax(dim=-1, keepdim=True) - probs.amax(dim=-1, keepdim=True).log()
+            row_loss = lse - (1 - label_smoothing) * logits.gather(1, t)
             if label_smoothing:  # smoothing spreads eps over the vocabulary: eps * mean(-log p)
-                row_loss = row_loss + label_smoothing * (lse - logits.mean(dim=-1))
-            total += (row_loss * ok).sum()
+                row_loss = row_loss - label_smoothing * logits.mean(dim=-1, keepdim=True)
+            total += (row_loss * counted).sum()
             if need_grad:
-                # d loss / d logits = softmax - (1 - eps) one-hot - eps / V, per counted row
-                grad = torch.exp_(logits.sub_(lse[:, None]))
-                grad.scatter_add_(1, t.clamp(min=0)[:, None], torch.full_like(picked[:, None], label_smoothing - 1))
+                # d loss / d logits = softmax - (1 - eps) one-hot - eps / V, zero on ignored rows;
+                # the mask is applied to h and to the (n, C) product, far smaller than (n, V).
+                grad = probs.scatter_add_(1, t, torch.full_like(lse, label_smoothing - 1))
                 if label_smoothing:
                     grad.sub_(label_smoothing / vocab)
-                grad.mul_((ok / count)[:, None])
                 grad = grad.to(compute_dtype)
-                grad_hidden[start:start + rows] = (grad @ w).to(hidden.dtype)
-                grad_weight += (grad.T @ h).float()
+                grad_hidden[start:start + rows] = (grad @ w) * counted
+                part = grad.T @ (h * counted)  # (V, C)
+                grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
         if need_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype), count)
         return total / count
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None
+        grad_hidden, grad_weight, count = ctx.saved_tensors
+        scale = grad_output / count
+        return grad_hidden * scale, grad_weight * scale, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

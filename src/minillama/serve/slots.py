@@ -1,6 +1,6 @@
 """The server's one static KV cache, shared by every sequence being decoded (continuous batching).
 
-A `KVCache` of (layers, max_batch, K, capacity, D) is allocated once. Its first n rows are live, one
+A `KVCache` of (max_batch, K, capacity, D) per layer is allocated once. Its first n rows are live, one
 per sequence, and every row writes its next key into the same column L, so one decode step serves
 all sequences whatever their lengths. Row r's tokens sit right-aligned in columns [L - len_r, L) and
 `key_valid` hides the columns before them: the left padding of `generate`'s batches, except that
@@ -29,7 +29,7 @@ class SlotCache:
     def __init__(self, model: MiniLlama, max_batch: int, capacity: int):
         self.config = model.config
         self.cache = new_cache(model, max_batch, capacity)
-        device = self.cache.keys.device
+        device = self.cache.keys[0].device
         self.cache.key_valid = torch.zeros(max_batch, capacity, dtype=torch.bool, device=device)
         self.lengths: list[int] = []  # tokens held by each live row = its next position
         self.length = 0  # L: columns in use (the shared write position)
@@ -45,8 +45,8 @@ class SlotCache:
     def view(self) -> KVCache:
         """A KVCache over the live rows (n, ...) sharing this cache's memory, for one model call."""
         n, big = self.rows, self.cache
-        view = KVCache(self.config, n, 0, dtype=big.keys.dtype, device=big.keys.device)
-        view.keys, view.values = big.keys[:, :n], big.values[:, :n]
+        view = KVCache(self.config, n, 0, dtype=big.keys[0].dtype, device=big.keys[0].device)
+        view.keys, view.values = [k[:n] for k in big.keys], [v[:n] for v in big.values]
         view.key_valid = big.key_valid[:n]
         view.max_seq_len, view.length = big.max_seq_len, self.length
         return view
@@ -64,8 +64,8 @@ class SlotCache:
         if P > self.length:
             self._shift(P - self.length)
         rows, start, big = slice(self.rows, self.rows + k), self.length - P, self.cache
-        big.keys[:, rows, :, start:self.length] = prefilled.keys[:, :, :, :P]
-        big.values[:, rows, :, start:self.length] = prefilled.values[:, :, :, :P]
+        for ours, theirs in zip(big.keys + big.values, prefilled.keys + prefilled.values):
+            ours[rows, :, start:self.length] = theirs[:, :, :P]
         big.key_valid[rows, :start] = False
         big.key_valid[rows, start:self.length] = attention_mask.bool()
         self.lengths += attention_mask.sum(-1).tolist()
@@ -74,8 +74,8 @@ class SlotCache:
         """Free `row`; the last live row takes its place (so row indices after this call change)."""
         last, big, L = self.rows - 1, self.cache, self.length
         if row != last:
-            big.keys[:, row, :, :L] = big.keys[:, last, :, :L]
-            big.values[:, row, :, :L] = big.values[:, last, :, :L]
+            for buffer in big.keys + big.values:
+                buffer[row, :, :L] = buffer[last, :, :L]
             big.key_valid[row, :L] = big.key_valid[last, :L]
             self.lengths[row] = self.lengths[last]
         self.lengths.pop()
@@ -93,8 +93,8 @@ class SlotCache:
         """Move the live rows' columns right (offset > 0, padding comes in on the left) or left."""
         n, L, big = self.rows, self.length, self.cache
         src, dst = slice(max(0, -offset), L), slice(max(0, offset), L + offset)
-        for buffer in (big.keys, big.values):
-            buffer[:, :n, :, dst] = buffer[:, :n, :, src].clone()
+        for buffer in big.keys + big.values:
+            buffer[:n, :, dst] = buffer[:n, :, src].clone()
         big.key_valid[:n, dst] = big.key_valid[:n, src].clone()
         if offset > 0:
             big.key_valid[:n, :offset] = False
