@@ -35,6 +35,39 @@ def test_cached_decoding_equals_full_forward(overrides):
 
 
 @torch.no_grad()
+def test_fixed_size_cache_view_equals_the_growing_view():
+    # The compiled decode step's view: writes at given slots, attends over every slot under a mask.
+    model = make()
+    ids = torch.randint(0, 101, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding in the first row
+    growing = KVCache(model.config, batch_size=2, max_seq_len=16)
+    fixed = KVCache(model.config, batch_size=2, max_seq_len=16)
+    expected = model(ids[:, :8], attention_mask=mask[:, :8], cache=growing).logits
+    got = model(ids[:, :8], attention_mask=mask[:, :8], cache=fixed, cache_position=torch.arange(8)).logits
+    torch.testing.assert_close(got[mask[:, :8].bool()], expected[mask[:, :8].bool()], atol=1e-5, rtol=1e-5)
+    assert fixed.length == 0  # the caller advances the fixed-size view
+    fixed.advance(8)
+    for t in range(8, 12):
+        positions = growing.key_valid[:, :t].sum(-1, keepdim=True)  # (B, 1): real tokens so far
+        expected = model(ids[:, t:t + 1], position_ids=positions, cache=growing).logits
+        got = model(ids[:, t:t + 1], position_ids=positions, cache=fixed, cache_position=torch.tensor([t])).logits
+        fixed.advance(1)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_autocast_runs_sdpa_in_float32():
+    from minillama.model.llama import sdpa_attention
+
+    q, k, v = (torch.randn(2, 4, 16, 8).to(torch.bfloat16) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sdpa_attention(q, k, v, None, causal=True)
+    assert out.dtype == torch.float32
+    reference = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    torch.testing.assert_close(out, reference, atol=1e-6, rtol=1e-6)
+
+
+@torch.no_grad()
 def test_left_padded_batch_equals_each_sequence_alone():
     model = make()
     lengths = [9, 5, 7]

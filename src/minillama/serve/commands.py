@@ -53,6 +53,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import torch
 
     from minillama.export.commands import find_tokenizer_dir
+    from minillama.generate import prepare_for_decoding
     from minillama.model import MiniLlama
     from minillama.serve.app import ServeConfig, create_app
     from minillama.tokenizer import Tokenizer
@@ -64,6 +65,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no tokenizer.json in {args.tokenizer or args.checkpoint}; "
                                 "pass --tokenizer DIR")
     model = MiniLlama.from_pretrained(args.checkpoint, device=args.device, dtype=getattr(torch, args.dtype))
+    model = prepare_for_decoding(model.eval())
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
     name = args.model_name or Path(args.checkpoint).resolve().name
     if not args.api_key and not is_loopback(args.host):
