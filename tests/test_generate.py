@@ -233,11 +233,17 @@ def test_compiled_decode_step_gives_the_same_tokens():
     compiled = generate(model, prompt, mask, max_new_tokens=12, temperature=0, stop_token_ids=(),
                         compile=True)
     assert torch.equal(eager, compiled)
+    # laid out for compiled decoding: one row goes through DecodingLinear's reduction form
+    from minillama.generate import prepare_for_decoding
+
+    prepare_for_decoding(model, compiled=True)
+    single = generate(model, prompt[1:], max_new_tokens=12, temperature=0, stop_token_ids=(), compile=True)
+    assert torch.equal(single, eager[1:])
 
 
 def test_prepared_for_decoding_gives_the_same_logits_and_state(model):
     from minillama.generate import prepare_for_decoding
-    from minillama.generate.decode import ThreadSplitLinear
+    from minillama.generate.decode import DecodingLinear
 
     prompt = torch.tensor([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
     with torch.no_grad():
@@ -249,9 +255,12 @@ def test_prepared_for_decoding_gives_the_same_logits_and_state(model):
             prepare_for_decoding(prepared)
         finally:
             torch.set_num_threads(1)
-        assert isinstance(prepared.lm_head, ThreadSplitLinear) and prepared.lm_head.parts == 2
+        assert isinstance(prepared.lm_head, DecodingLinear) and prepared.lm_head.parts == 2
         assert not prepared.lm_head.weight.is_contiguous()  # column-major now
         torch.testing.assert_close(prepared(prompt).logits, expected, atol=1e-5, rtol=1e-5)  # (B, T, V) rows
         torch.testing.assert_close(prepared(prompt[:1, :1]).logits, expected[:1, :1], atol=1e-5, rtol=1e-5)
+        prepare_for_decoding(prepared, compiled=True)  # back to row-major, for compiled decode steps
+        assert prepared.lm_head.weight.is_contiguous()
+        torch.testing.assert_close(prepared(prompt).logits, expected, atol=1e-5, rtol=1e-5)
     assert prepared.state_dict().keys() == state.keys()
     assert all(torch.equal(prepared.state_dict()[k], v) for k, v in state.items())

@@ -79,8 +79,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           "checkpoints/latest")
 
 
-def load(path: str | Path, device: str) -> tuple[Any, Any, Path]:
-    """(model, tokenizer, directory) ready for decoding."""
+def load(path: str | Path, device: str, compiled: bool = False) -> tuple[Any, Any, Path]:
+    """(model, tokenizer, directory) ready for decoding (eager, or `compiled` decode steps)."""
     import torch
 
     from minillama.generate.decode import prepare_for_decoding
@@ -90,7 +90,7 @@ def load(path: str | Path, device: str) -> tuple[Any, Any, Path]:
     directory = resolve_checkpoint(path)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = prepare_for_decoding(MiniLlama.from_pretrained(directory, device=device).eval())
+    model = prepare_for_decoding(MiniLlama.from_pretrained(directory, device=device).eval(), compiled)
     if not (directory / "tokenizer.json").is_file():
         raise CheckpointError(f"{directory} has no tokenizer.json; copy the tokenizer the model was trained "
                               "with into it (`minillama tokenizer train --out DIR` writes one)")
@@ -144,7 +144,7 @@ def run_sample(args: argparse.Namespace) -> int:
         return _sample_numpy(args)
     import torch
 
-    model, tokenizer, _ = load(args.checkpoint, args.device)
+    model, tokenizer, _ = load(args.checkpoint, args.device, args.compile)
     draft = load(args.draft, args.device)[0] if args.draft else None
     ids, budget = prompt_ids(args.prompt, model, tokenizer, args.max_new_tokens, args.truncate)
     if budget < args.max_new_tokens:
@@ -259,7 +259,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from minillama.tokenizer import render_chat
 
     _check_settings(args)
-    model, tokenizer, _ = load(args.checkpoint, args.device)
+    model, tokenizer, _ = load(args.checkpoint, args.device, args.compile)
     end_of_turn = tokenizer.token_to_id("<|im_end|>")
     if end_of_turn is None:
         raise ValueError(f"{args.checkpoint}'s tokenizer has no <|im_end|> token: chat needs a ChatML "

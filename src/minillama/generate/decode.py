@@ -24,41 +24,52 @@ def new_cache(model: MiniLlama, batch_size: int, max_seq_len: int) -> KVCache:
     return KVCache(model.config, batch_size, max_seq_len, dtype=weight.dtype, device=weight.device)
 
 
-class ThreadSplitLinear(torch.nn.Linear):
-    """`nn.Linear` over a column-major weight, multiplied in one block of output features per
-    thread. MKL runs a product with a few rows (a GEMV, in decoding) on one thread; as a batched
-    matmul of per-thread blocks, every core streams its share of the weight (here 0.5 ms instead of
-    1.3 ms for the LM head). The blocks are views: the weight is stored once, unchanged."""
+class DecodingLinear(torch.nn.Linear):
+    """`nn.Linear` for decoding on CPU, where a product with one or a few rows (a GEMV) is bound by
+    memory bandwidth, and MKL runs it on one thread. `prepare_for_decoding` picks the layout:
 
-    parts = 1  # blocks: the thread count when prepare_for_decoding ran
+    - eager: the weight column-major, multiplied in one block of output features per thread as a
+      batched matmul over views of it, so every core streams its share (0.5 ms for the stories15M
+      LM head instead of MKL's 1.3 ms);
+    - compiled: the weight row-major (`nn.Linear`'s own), one row multiplied as a batched matmul
+      with a single column, which inductor lowers into one parallel reduction along the weight's
+      contiguous rows, fused with the code around it.
+    Any other case is plain `nn.Linear`. The weight is one tensor either way (a tied embedding follows)."""
+
+    parts = 1  # eager blocks: the thread count when prepare_for_decoding ran
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        weight_t = self.weight.t()  # (in, out), contiguous after prepare_for_decoding
-        # Compiled, inductor lowers this batched matmul into its own, slower loop: keep MKL's GEMV.
-        if (self.parts == 1 or self.out_features % self.parts or not weight_t.is_contiguous()
-                or torch.compiler.is_compiling()):
-            return super().forward(x)
-        rows = x.reshape(1, -1, self.in_features).expand(self.parts, -1, -1)  # (P, M, in)
-        blocks = weight_t.view(self.in_features, self.parts, -1).transpose(0, 1)  # (P, in, out / P)
-        y = torch.bmm(rows, blocks).transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
+        if torch.compiler.is_compiling():
+            if x.shape[:-1].numel() != 1 or not self.weight.is_contiguous():
+                return super().forward(x)
+            y = torch.bmm(self.weight[None], x.reshape(1, -1, 1)).reshape(*x.shape[:-1], self.out_features)
+        else:
+            weight_t = self.weight.t()  # (in, out), contiguous when laid out for eager decoding
+            if self.parts == 1 or self.out_features % self.parts or not weight_t.is_contiguous():
+                return super().forward(x)
+            rows = x.reshape(1, -1, self.in_features).expand(self.parts, -1, -1)  # (P, M, in)
+            blocks = weight_t.view(self.in_features, self.parts, -1).transpose(0, 1)  # (P, in, out / P)
+            y = torch.bmm(rows, blocks).transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
 
 @torch.no_grad()
-def prepare_for_decoding(model: MiniLlama) -> MiniLlama:
-    """Store every projection weight (LM head included) column-major and multiply it in per-thread
-    blocks (`ThreadSplitLinear`, for the current `torch.get_num_threads()`), in place: same values,
-    shapes and parameters, only the memory order changes. Decoding multiplies one token's vector by
-    each weight, and on CPU MKL streams an (in, out) row-major matrix about twice as fast as the
-    (out, in) one `nn.Linear` keeps, which matters most for the LM head (vocab x hidden, read once
-    per token). A no-op off the CPU. Exports still write ordinary contiguous tensors. Returns the model."""
+def prepare_for_decoding(model: MiniLlama, compiled: bool = False) -> MiniLlama:
+    """Make every projection (LM head included) a `DecodingLinear`, in place, laid out for eager
+    decoding (weights column-major, per-thread blocks for the current `torch.get_num_threads()`)
+    or, with `compiled=True`, for `generate(..., compile=True)` (weights row-major). Same values,
+    shapes and parameters; only the memory order changes, and exports still write ordinary
+    contiguous tensors. A no-op off the CPU. Returns the model."""
     if model.lm_head.weight.device.type != "cpu":
         return model
     for module in model.modules():
-        if type(module) is torch.nn.Linear:  # not subclasses (LoRA wrappers keep their own forward)
-            if module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()  # a tied embedding follows
-            module.__class__ = ThreadSplitLinear
+        if type(module) in (torch.nn.Linear, DecodingLinear):  # not LoRA wrappers, which keep their forward
+            weight = module.weight.data
+            if compiled and not weight.is_contiguous():
+                module.weight.data = weight.contiguous()
+            elif not compiled and not weight.t().is_contiguous():
+                module.weight.data = weight.t().contiguous().t()
+            module.__class__ = DecodingLinear
             module.parts = torch.get_num_threads()
     return model
 
