@@ -54,7 +54,7 @@ class DataSection:
     vocab_size: int = _f(4096, "vocabulary size when a tokenizer has to be trained")
     prepared: str | None = _f(None, "prepared token files directory (default: OUT/data, prepared if missing)")
     seq_len: int = _f(256, "tokens per training window (context length)")
-    batch_size: int = _f(16, "windows per micro-batch (per process)")
+    batch_size: int = _f(4, "windows per micro-batch (per process)")
     loader: str = _f("random", "random: random windows; sequential: epochs in file order",
                      choices=("random", "sequential"))
 
