@@ -288,7 +288,8 @@ class Trainer:
         progress = self._progress_bar()
         interrupted = _SignalFlag()
         self.wrapped.train()
-        train_loss, window_start, window_steps = None, time.perf_counter(), 0
+        # metrics report the mean train loss over each log window: one small batch's loss is noisy
+        train_loss, window_start, window_steps, window_loss = None, time.perf_counter(), 0, 0.0
         calibrate_from, calibrate_to = (self.step + n for n in CALIBRATION_STEPS)
         calibration_elapsed = 0.0
         with interrupted:
@@ -301,6 +302,7 @@ class Trainer:
                 self.tokens += self.tokens_per_step
                 self.elapsed += time.perf_counter() - started
                 window_steps += 1
+                window_loss += train_loss
                 if self.config.budget.max_minutes and not self.config.budget.max_steps:
                     if self.step == calibrate_from:  # the first steps are slow (allocation, warm-up)
                         calibration_elapsed = self.elapsed
@@ -313,13 +315,14 @@ class Trainer:
                     seconds = time.perf_counter() - window_start
                     tokens_per_s = window_steps * self.tokens_per_step / seconds
                     mfu = tokens_per_s * flops_per_step / self.tokens_per_step / peak
-                    window_start, window_steps = time.perf_counter(), 0
-                    record = {"step": self.step, "tokens": self.tokens, "loss": train_loss, "lr": lr,
+                    mean_loss = window_loss / window_steps
+                    window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
+                    record = {"step": self.step, "tokens": self.tokens, "loss": mean_loss, "lr": lr,
                               "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "mfu": mfu,
                               "elapsed": self.elapsed}
                     if metrics:
                         metrics.write(record)
-                    progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_s:,.0f}",
+                    progress.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_s:,.0f}",
                                          mfu=f"{mfu:.0%}", refresh=False)
                 progress.update(1)
                 self._periodic(metrics)
