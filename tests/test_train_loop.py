@@ -97,7 +97,6 @@ def test_resume_gives_bitwise_identical_losses(tmp_path):
     assert [a[s] for s in a] == [b[s] for s in a]  # bitwise equal floats
 
 
-
 def test_logged_train_loss_is_the_mean_over_the_log_window(tmp_path):
     every_step = make_config(tmp_path / "a", max_steps=10)
     every_step.run.log_interval = 1
@@ -110,6 +109,7 @@ def test_logged_train_loss_is_the_mean_over_the_log_window(tmp_path):
     assert logged[1] == per_step[1]
     assert logged[5] == pytest.approx(sum(per_step[s] for s in range(2, 6)) / 4, rel=1e-6)
     assert logged[10] == pytest.approx(sum(per_step[s] for s in range(6, 11)) / 5, rel=1e-6)
+
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     optim = OptimSection(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
