@@ -172,6 +172,25 @@ def test_nonfinite_batches_can_be_skipped(tmp_path):
     assert result.step == 8 and math.isfinite(result.val_loss)
 
 
+def test_a_time_budget_is_spent_on_training_steps_only(tmp_path, caplog):
+    # Evaluations do not count against the budget, so the first estimate of the steps it allows
+    # (which sets the LR schedule) must not reserve time for them, however slow they are.
+    config = make_config(tmp_path, max_minutes=0.03)
+    config.run.eval_interval = config.run.checkpoint_interval = 10
+    model = MiniLlama(ModelConfig(**MODEL))
+
+    def slow_evaluate(m):
+        time.sleep(0.02)
+        return 1.0
+
+    trainer = Trainer(config, model, RandomWindows(TOKENS), slow_evaluate, Distributed(0, 1, 0, torch.device("cpu")))
+    with caplog.at_level("INFO", logger="minillama.train.loop"):
+        result = trainer.fit()
+    estimates = [int(r.getMessage().split()[3]) for r in caplog.records if r.getMessage().startswith("time budget")]
+    assert result.stopped_by == "budget" and result.seconds >= 0.85 * 0.03 * 60
+    assert estimates[0] >= 0.8 * result.step
+
+
 def test_token_budget_and_metrics(tmp_path):
     result = run(make_config(tmp_path, max_tokens=4 * 16 * 5))
     assert result.step == 5 and result.tokens == 320

@@ -174,7 +174,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-
 # ---- transformers config.json <-> ModelConfig (plain Python: the NumPy engine uses it too) ----------
 def config_to_hf_dict(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     """A `config.json` that transformers 4.x and 5.x load as `LlamaConfig` / `Qwen2Config`."""

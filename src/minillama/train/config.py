@@ -62,11 +62,11 @@ class DataSection:
 @dataclass
 class OptimSection:
     lr: float = _f(2e-3, "peak learning rate")
-    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of lr (cosine decay)")
+    min_lr_ratio: float = _f(0.3, "final learning rate as a fraction of lr (cosine decay)")
     warmup_steps: int = _f(30, "linear warmup steps")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not applied to norms and biases)")
     beta1: float = _f(0.9, "AdamW beta1")
-    beta2: float = _f(0.95, "AdamW beta2")
+    beta2: float = _f(0.99, "AdamW beta2 (0.99 suits small, noisy batches; 0.95 large ones)")
     eps: float = _f(1e-8, "AdamW epsilon")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
     grad_accum: int = _f(1, "micro-batches per optimizer step")

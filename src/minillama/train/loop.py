@@ -181,12 +181,10 @@ class Trainer:
         return min(candidates) if candidates else None
 
     def _calibrate(self, seconds_per_step: float) -> None:
-        """Turn the wall-clock budget into a step count, leaving time for evaluations."""
-        run = self.config.run
+        """Turn the time budget into a step count. Evaluations and checkpoints do not count
+        against it (`elapsed` is time spent in training steps), so they get no share of it."""
         remaining = self.config.budget.max_minutes * 60 - self.elapsed
-        eval_cost = run.eval_batches * seconds_per_step / (3 * self.config.optim.grad_accum)
-        per_step = seconds_per_step + eval_cost / run.eval_interval
-        self.total_steps = self.step + max(1, int(remaining / per_step))
+        self.total_steps = self.step + max(1, int(remaining / seconds_per_step))
         if self.dist.is_main:
             log.info("time budget: about %d steps at %.3f s/step", self.total_steps, seconds_per_step)
 
