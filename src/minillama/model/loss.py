@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 # Rows per chunk = this / vocab: 32 MB of float32 logits. Fewer, larger chunks cost less in
-# gradient-of-weight accumulation (one (V, C) add per chunk) than they lose in cache misses.
+# gradient-of-weight accumulation (one pass over (V, C) per chunk) than they lose in cache misses;
+# for stories15M on 2 cores 2^23 beat 2^22 and 2^24.
 CHUNK_ELEMENTS = 1 << 23
 
 
@@ -27,7 +28,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w = weight.to(compute_dtype)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_grad else None
-        grad_weight = None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
         for start in range(0, hidden.shape[0], rows):
             h = hidden[start:start + rows].to(compute_dtype)
             t = targets[start:start + rows, None]
@@ -49,8 +50,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad.sub_(label_smoothing / vocab)
                 grad = grad.to(compute_dtype)
                 grad_hidden[start:start + rows] = (grad @ w) * counted
-                part = grad.T @ (h * counted)  # (V, C)
-                grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
+                if compute_dtype == torch.float32:  # accumulated inside the GEMM: no (V, C) temporary
+                    grad_weight.addmm_(grad.T, h * counted)
+                else:  # a bf16 / fp16 product, accumulated in float32
+                    grad_weight += (grad.T @ (h * counted)).float()
         if need_grad:
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype), count)
         return total / count
