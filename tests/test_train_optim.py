@@ -26,7 +26,8 @@ def test_fused_steps_follow_torch_foreach_adamw():
     fused = build_optimizer(fused_model, settings, "cpu")
     groups = [{"params": [p for p in reference.parameters() if p.dim() >= 2], "weight_decay": 0.1},
               {"params": [p for p in reference.parameters() if p.dim() < 2], "weight_decay": 0.0}]
-    foreach = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    foreach = torch.optim.AdamW(groups, lr=1e-2, betas=(settings.beta1, settings.beta2), eps=settings.eps,
+                                foreach=True)
     x = torch.randint(0, 256, (2, 16))
     for _ in range(3):
         for model, optimizer in ((fused_model, fused), (reference, foreach)):
