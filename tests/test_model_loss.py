@@ -56,6 +56,23 @@ def test_bf16_autocast_is_close_to_float32():
     assert abs(low.item() - linear_cross_entropy(hidden, weight, targets).item()) < 2e-2
 
 
+def test_bf16_autocast_gradients_are_close_to_float32(monkeypatch):
+    # Several chunks, so the bf16 products accumulate into the float32 weight gradient.
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 300 * 40)
+    torch.manual_seed(0)
+    hidden = torch.randn(4, 64, 32, requires_grad=True)
+    weight = (torch.randn(300, 32) * 0.1).requires_grad_()
+    targets = torch.randint(0, 300, (4, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear_cross_entropy(hidden, weight, targets).backward()
+    low = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    F.cross_entropy((hidden @ weight.T).flatten(0, 1), targets.flatten()).backward()
+    assert weight.grad.dtype == torch.float32
+    for ours, reference in zip(low, (hidden.grad, weight.grad)):  # bf16 keeps 8 bits of mantissa
+        torch.testing.assert_close(ours, reference, atol=1e-2 * reference.abs().max().item(), rtol=2e-2)
+
+
 def test_no_gradient_work_in_evaluation():
     hidden, weight = torch.randn(2, 5, 8), torch.randn(20, 8)
     with torch.no_grad():

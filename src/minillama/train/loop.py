@@ -181,8 +181,8 @@ class Trainer:
         return min(candidates) if candidates else None
 
     def _calibrate(self, seconds_per_step: float) -> None:
-        """Turn the time budget into a step count. Evaluations and checkpoints do not count
-        against it (`elapsed` is time spent in training steps), so they get no share of it."""
+        """Turn the time budget into a step count. `elapsed` counts training steps only, so
+        evaluations and checkpoints take no share of the budget."""
         remaining = self.config.budget.max_minutes * 60 - self.elapsed
         self.total_steps = self.step + max(1, int(remaining / seconds_per_step))
         if self.dist.is_main:
