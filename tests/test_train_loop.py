@@ -172,23 +172,25 @@ def test_nonfinite_batches_can_be_skipped(tmp_path):
     assert result.step == 8 and math.isfinite(result.val_loss)
 
 
-def test_a_time_budget_is_spent_on_training_steps_only(tmp_path, caplog):
+def test_a_time_budget_is_spent_on_training_steps_only(tmp_path, monkeypatch, caplog):
     # Evaluations do not count against the budget, so the first estimate of the steps it allows
-    # (which sets the LR schedule) must not reserve time for them, however slow they are.
+    # (which sets the LR schedule) must not reserve time for them. A fake clock makes every
+    # training step take exactly 5 ms: 1.8 s of budget is 360 steps.
+    from types import SimpleNamespace
+
+    from minillama.train import loop
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: next(ticks) * 0.005))
     config = make_config(tmp_path, max_minutes=0.03)
     config.run.eval_interval = config.run.checkpoint_interval = 10
-    model = MiniLlama(ModelConfig(**MODEL))
-
-    def slow_evaluate(m):
-        time.sleep(0.02)
-        return 1.0
-
-    trainer = Trainer(config, model, RandomWindows(TOKENS), slow_evaluate, Distributed(0, 1, 0, torch.device("cpu")))
+    trainer = Trainer(config, MiniLlama(ModelConfig(**MODEL)), RandomWindows(TOKENS), lambda m: 1.0,
+                      Distributed(0, 1, 0, torch.device("cpu")))
     with caplog.at_level("INFO", logger="minillama.train.loop"):
         result = trainer.fit()
     estimates = [int(r.getMessage().split()[3]) for r in caplog.records if r.getMessage().startswith("time budget")]
-    assert result.stopped_by == "budget" and result.seconds >= 0.85 * 0.03 * 60
-    assert estimates[0] >= 0.8 * result.step
+    assert result.stopped_by == "budget" and abs(result.step - 360) <= 1
+    assert abs(estimates[0] - result.step) <= 1
 
 
 def test_token_budget_and_metrics(tmp_path):
