@@ -14,6 +14,7 @@ best configuration, and achieved FLOP/s against a float32 / bf16 GEMM measured i
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -65,11 +66,13 @@ def make_step(kind: str, config: ModelConfig, precision: str, compiled: bool, ba
     return step
 
 
-def timed(step, steps: int) -> float:
+def timed(step, steps: int) -> tuple[float, int]:
+    """Seconds for `steps` steps, and the minor page faults they took (fresh memory touched)."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
 def main() -> None:
@@ -107,12 +110,15 @@ def main() -> None:
                 timed(step, warmup)
                 steppers[kind, precision, compiled] = step
     seconds = {key: [] for key in steppers}
+    faults = {key: 0 for key in steppers}
     peak_samples = {p: [] for p in precisions}
     for _ in range(rounds):
         for p in precisions:
             peak_samples[p].append(measure_matmul_flops(dtypes[p], seconds=0.5))
         for key, step in steppers.items():
-            seconds[key].append(timed(step, steps))
+            elapsed, faulted = timed(step, steps)
+            seconds[key].append(elapsed)
+            faults[key] += faulted
     peaks = {p: statistics.median(samples) for p, samples in peak_samples.items()}
     print("GEMM peak (1024^3 matmul, median of the rounds): "
           + ", ".join(f"{p} {peaks[p] / 1e9:.0f} GFLOP/s (range {min(peak_samples[p]) / 1e9:.0f}-"
@@ -124,7 +130,8 @@ def main() -> None:
         achieved = rate * flops_per_token
         print(f"{kind:<13} {precision} {'compiled' if compiled else 'eager   '} {rate:8,.0f} tokens/s  "
               f"{achieved / 1e9:6.0f} GFLOP/s = " + ", ".join(f"{achieved / peaks[p]:5.1%} of the {p} GEMM"
-                                                             for p in precisions), flush=True)
+                                                             for p in precisions)
+              + f"  {faults[kind, precision, compiled] / (rounds * steps):8,.0f} page faults/step", flush=True)
     best_hf = max(v for k, v in results.items() if k[0] == "transformers")
     best_ours = max(v for k, v in results.items() if k[0] == "minillama")
     print(f"\nminillama best / transformers best: {best_ours / best_hf:.2f}x (target >= 1.3x)")

@@ -10,7 +10,8 @@ from minillama.model.loss import linear_cross_entropy
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-@pytest.mark.parametrize("chunk_elements", [64, 1 << 21])  # many small chunks, and one chunk
+# 1-row chunks; 4-row chunks, the last one shorter (21 rows); one chunk
+@pytest.mark.parametrize("chunk_elements", [64, 200, 1 << 21])
 def test_matches_cross_entropy_and_its_gradients(smoothing, chunk_elements, monkeypatch):
     monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
