@@ -2,9 +2,9 @@
 
 `cross_entropy(hidden @ W^T, targets)` materialises (tokens, vocab) logits and their gradient:
 for a batch of 8 x 256 tokens and a 32k vocabulary that is 262 MB each, more memory traffic than
-the rest of the model. Here the rows go through the head in chunks: each chunk's logits give its
-loss *and* its gradients at once (softmax minus one-hot, the closed form), and are freed before the
-next chunk. Backward only scales the stored gradients. Same result as
+the rest of the model. Here the rows go through the head in chunks: each chunk's logits, in one
+buffer that every chunk overwrites, give its loss *and* its gradients at once (softmax minus
+one-hot, the closed form). Backward only scales the stored gradients. Same result as
 `F.cross_entropy(..., ignore_index=-100, label_smoothing=eps)` (tested), less memory, faster on CPU.
 """
 
