@@ -8,7 +8,12 @@ bf16 runs only where the CPU computes it natively (AMX / AVX512-BF16): elsewhere
 a scalar bf16 matmul (about 1 GFLOP/s on a 2-core AVX2 EPYC), and a bf16 round would take hours.
 
 Prints tokens/s for each (implementation, precision, compiled) pair, ratios against transformers'
-best configuration, and achieved FLOP/s against a float32 / bf16 GEMM measured in every round.
+best configuration, achieved FLOP/s against a float32 / bf16 GEMM measured in every round, and
+page faults per step: glibc serves blocks over 32 MB from a fresh mmap, so every large tensor a
+step allocates faults in all its pages again. To compare at equal memory management, let glibc
+keep freed memory for both sides:
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184 python benchmarks/bench_train.py
 """
 
 from __future__ import annotations
@@ -134,7 +139,7 @@ def main() -> None:
               + f"  {faults[kind, precision, compiled] / (rounds * steps):8,.0f} page faults/step", flush=True)
     best_hf = max(v for k, v in results.items() if k[0] == "transformers")
     best_ours = max(v for k, v in results.items() if k[0] == "minillama")
-    print(f"\nminillama best / transformers best: {best_ours / best_hf:.2f}x (target >= 1.3x)")
+    print(f"\nminillama best / transformers best: {best_ours / best_hf:.3f}x (target >= 1.3x)")
     if "fp32" in precisions:
         fp32_eager = results["minillama", "fp32", False] / results["transformers", "fp32", False]
         print(f"minillama fp32 eager / transformers fp32 eager: {fp32_eager:.2f}x")
