@@ -92,3 +92,22 @@ def test_confidently_wrong_rows_keep_a_finite_exact_loss():
     reference = F.cross_entropy((hidden @ weight.T).flatten(0, 1), targets.flatten())
     assert torch.isfinite(ours)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)
+
+
+def test_a_compiled_model_trains_through_the_eager_fused_loss(monkeypatch):
+    # torch.compile stops at linear_cross_entropy (compiler.disable) and resumes in its backward.
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 3 * 256)  # several chunks for the debug vocab
+    torch.manual_seed(0)
+    model = MiniLlama(ModelConfig.from_preset("debug", tie_word_embeddings=True))
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    targets = torch.roll(ids, -1, 1)
+    results = []
+    for step_model in (model, torch.compile(model)):
+        model.zero_grad(set_to_none=True)
+        loss = step_model(ids, targets=targets).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for compiled_grad, eager_grad in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
