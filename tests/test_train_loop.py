@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import torch
 from minillama.errors import CheckpointError
 from minillama.model import MiniLlama, ModelConfig
 from minillama.train import checkpoint as ckpt
+from minillama.train import loop
 from minillama.train.config import OptimSection, TrainConfig
 from minillama.train.distributed import Distributed
 from minillama.train.loop import Trainer, TrainingStopped, pretraining_loss
@@ -176,10 +178,6 @@ def test_a_time_budget_is_spent_on_training_steps_only(tmp_path, monkeypatch, ca
     # Evaluations do not count against the budget, so the first estimate of the steps it allows
     # (which sets the LR schedule) must not reserve time for them. A fake clock makes every
     # training step take exactly 5 ms: 1.8 s of budget is 360 steps.
-    from types import SimpleNamespace
-
-    from minillama.train import loop
-
     ticks = iter(range(10**9))
     monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: next(ticks) * 0.005))
     config = make_config(tmp_path, max_minutes=0.03)

@@ -1,3 +1,5 @@
+"""The optimizer: decay groups, and the fused CPU kernel against torch's foreach AdamW."""
+
 import torch
 
 from minillama.model import MiniLlama, ModelConfig
@@ -37,4 +39,3 @@ def test_fused_steps_follow_torch_foreach_adamw():
     for (name, a), b in zip(fused_model.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.equal(fused_model.lm_head.weight, start)  # it trained
-

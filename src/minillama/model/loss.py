@@ -27,6 +27,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rows = max(1, CHUNK_ELEMENTS // vocab)
         count = (targets != -100).sum().clamp(min=1)
         w = weight.to(compute_dtype)
+        full_precision = compute_dtype == torch.float32  # products land straight in float32 tensors
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_grad else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
@@ -39,7 +40,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             counted = (t != -100).to(compute_dtype)  # (n, 1): ignored rows get no loss, no gradient
             t = t.clamp(min=0)
             logits = buffer[:h.shape[0]]  # (n, V)
-            if compute_dtype == torch.float32:
+            if full_precision:
                 torch.mm(h, w.T, out=logits)
             else:
                 logits.copy_(h @ w.T)
@@ -59,7 +60,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad.sub_(label_smoothing / vocab)
                 grad = grad.to(compute_dtype)
                 grad_hidden[start:start + rows] = (grad @ w) * counted
-                if compute_dtype == torch.float32:  # accumulated inside the GEMM: no (V, C) temporary
+                if full_precision:  # accumulated inside the GEMM: no (V, C) temporary
                     grad_weight.addmm_(grad.T, h * counted)
                 else:  # a bf16 / fp16 product, accumulated in float32
                     grad_weight += (grad.T @ (h * counted)).float()
