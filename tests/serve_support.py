@@ -4,6 +4,7 @@ loopback port (in a thread, so tests can read the engine's counters), and refere
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import shutil
 import socket
@@ -56,8 +57,9 @@ def reference(model: MiniLlama, tokenizer: Tokenizer, prompt_ids: list[int], max
     out = generate(model, ids, max_new_tokens=max_tokens, temperature=0.0, stop_token_ids=stop_ids)
     new = out[0, len(prompt_ids):].tolist()
     stop_at = next((i for i, t in enumerate(new) if t in stop_ids), None)
-    if stop_at is None:
-        return tokenizer.decode(new), len(new), "length"
+    if stop_at is None:  # cut by the limit: an unfinished last character is left out, not shown as U+FFFD
+        text = codecs.getincrementaldecoder("utf-8")("replace").decode(tokenizer.decode_bytes(new))
+        return text, len(new), "length"
     return tokenizer.decode(new[:stop_at]), stop_at + 1, "stop"
 
 

@@ -47,51 +47,57 @@ def run_pipeline(config, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 200
                  temperature: float = 0.0, seed: int = 1337) -> PipelineReport:
     """Run every stage with `config` (a `TrainConfig`; its run.out_dir is the run directory)."""
     from minillama.export import save_hf
+    from minillama.files import atomic_write_text
     from minillama.generate import generate_text
     from minillama.model import MiniLlama
     from minillama.tokenizer import Tokenizer
+    from minillama.train.checkpoint import claim_run_directory
     from minillama.train.evaluate import evaluate_checkpoint
     from minillama.train.pretrain import pretrain
 
     run_dir = Path(config.run.out_dir)
-    result = pretrain(config)
-    if result.stopped_by != "budget":
-        raise KeyboardInterrupt
-    tokenizer = Tokenizer.from_pretrained(run_dir / "tokenizer")
-    model = MiniLlama.from_pretrained(result.checkpoint)
-    hf_dir = save_hf(model, run_dir / "hf", tokenizer=tokenizer)
-    log.info("exported a transformers model to %s", hf_dir)
-    evaluation = evaluate_checkpoint(hf_dir, config.data.dataset, split="val", seq_len=config.data.seq_len)
-    story = generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                          seed=seed)
-    report = PipelineReport(str(run_dir), str(hf_dir), result.step, result.tokens, result.seconds / 60,
-                            evaluation["loss"], evaluation["perplexity"], evaluation["bits_per_byte"], prompt,
-                            story)
-    (run_dir / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-    (run_dir / "story.txt").write_text(prompt + story + "\n")
+    with claim_run_directory(run_dir) as lock:  # the whole pipeline, not only its training
+        result = pretrain(config, lock)
+        if result.stopped_by != "budget":
+            raise KeyboardInterrupt
+        tokenizer = Tokenizer.from_pretrained(run_dir / "tokenizer")
+        model = MiniLlama.from_pretrained(result.checkpoint)
+        hf_dir = save_hf(model, run_dir / "hf", tokenizer=tokenizer)
+        log.info("exported a transformers model to %s", hf_dir)
+        evaluation = evaluate_checkpoint(hf_dir, config.data.dataset, split="val", seq_len=config.data.seq_len)
+        story = generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                              seed=seed)
+        report = PipelineReport(str(run_dir), str(hf_dir), result.step, result.tokens, result.seconds / 60,
+                                evaluation["loss"], evaluation["perplexity"], evaluation["bits_per_byte"], prompt,
+                                story)
+        atomic_write_text(run_dir / "report.json", json.dumps(asdict(report), indent=2) + "\n")
+        atomic_write_text(run_dir / "story.txt", prompt + story + "\n")
     return report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from minillama.options import positive_int
     from minillama.train.config import add_config_arguments
 
     parser = subparsers.add_parser(
         "pipeline", help="the whole pipeline on the embedded TinyStories: tokenizer, data, train, export, story",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/pipeline", help="run directory (default: %(default)s)")
-    parser.add_argument("--minutes", type=float, default=5.0, help="training time (default: %(default)s)")
+    parser.add_argument("--out", dest="run.out_dir", default="runs/pipeline", metavar="DIR",
+                        help="run directory (default: %(default)s)")
+    parser.add_argument("--minutes", dest="budget.max_minutes", type=float, default=5.0, metavar="MINUTES",
+                        help="training time (default: %(default)s)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="story prompt (default: %(default)r)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=200)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    add_config_arguments(parser)
-    parser.set_defaults(func=run, accepts_unknown=True)
+    # --out and --minutes are the pipeline's spellings of run.out_dir and budget.max_minutes
+    add_config_arguments(parser, exclude=("run.out_dir", "budget.max_minutes"))
+    parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, unknown: list[str]) -> int:
+def run(args: argparse.Namespace) -> int:
     from minillama.train.config import config_from_args
 
-    config = config_from_args(args, [f"--run.out_dir={args.out}", f"--budget.max_minutes={args.minutes}",
-                                     *unknown])
+    config = config_from_args(args)
     report = run_pipeline(config, args.prompt, args.max_new_tokens, args.temperature)
     print(f"\nrun directory      {report.run_dir}  (loss curve: {report.run_dir}/loss.png)")
     print(f"transformers model {report.hf_dir}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from minillama.data.prepare import prepare_dataset, tokenizer_fingerprint
+from minillama.data.prepare import check_prepared, prepare_dataset, read_meta, tokenizer_fingerprint
 from minillama.data.sources import (
     DATASETS,
     FileSource,
@@ -30,9 +30,11 @@ __all__ = [
     "TokenFile",
     "TokenFileWriter",
     "TokenLoader",
+    "check_prepared",
     "dataset_text_files",
     "load_documents",
     "prepare_dataset",
+    "read_meta",
     "resolve_dataset",
     "tokenizer_fingerprint",
     "windows_of",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from minillama.options import positive_int
+
 
 def register(subparsers) -> None:
     from minillama.data.sources import DATASETS, DOC_SEPARATORS
@@ -37,10 +39,14 @@ def register(subparsers) -> None:
     parser.add_argument("--text-field", default="text", help="JSON field / parquet column holding the text")
     parser.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto",
                         help="token id type (auto: uint16 when the vocabulary fits, else uint32)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="encoding processes (default: all cores; 1 encodes in this process)")
     parser.add_argument("--force", action="store_true",
-                        help="re-encode even if OUT is up to date or was made with another tokenizer")
+                        help="re-encode even if OUT is up to date or was made with another tokenizer, and write "
+                             "there even if it holds files minillama did not write (never into an input)")
+    parser.add_argument("--utf8-errors", choices=("strict", "replace"), default="strict",
+                        help="text that is not UTF-8, or a JSON lone surrogate: stop naming the file and line, "
+                             "or read it as U+FFFD")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         val_dataset=args.val_dataset, val_fraction=args.val_fraction, force=args.force,
         num_workers=args.workers, progress=not args.no_progress,
         doc_separator=args.doc_separator, text_field=args.text_field, dtype=args.dtype,
+        utf8_errors=args.utf8_errors,
     )
     for split in ("train", "val"):
         print(

@@ -33,9 +33,9 @@ import numpy as np
 
 from minillama import __version__
 from minillama.data.sources import EOT, Source, resolve_dataset
-from minillama.data.tokenfile import TokenFile, TokenFileWriter, dtype_for_vocab
+from minillama.data.tokenfile import MAGIC, TokenFile, TokenFileWriter, dtype_for_vocab
 from minillama.errors import MiniLlamaError
-from minillama.files import atomic_write_text, fsync_dir
+from minillama.files import atomic_write_text, check_output, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,12 @@ def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike) -> str:
     """sha256 of the directory's `tokenizer.json` in canonical form (sorted keys, no spaces), so
     re-saving it with other formatting keeps the identity; for tokenizers saved by minillama it
     equals `minillama.tokenizer.Tokenizer.fingerprint()`."""
-    content = json.loads(_tokenizer_json(tokenizer_dir).read_text(encoding="utf-8"))
+    path = _tokenizer_json(tokenizer_dir)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MiniLlamaError(f"{path} is not a valid tokenizer file ({exc}); re-create it with "
+                             "`minillama tokenizer train`") from None
     canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -70,7 +75,11 @@ def _tokenizer_json(tokenizer_dir: str | os.PathLike) -> Path:
 def _load_tokenizer(path: Path):
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises plain Exceptions for bad files
+        raise MiniLlamaError(f"{path} is not a valid tokenizer file ({str(exc).strip()}); re-create it with "
+                             "`minillama tokenizer train`") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,14 +182,53 @@ def _labelled_documents(
 # Up-to-date checks and the final, atomic write.
 
 
-def _read_meta(out_dir: Path) -> dict | None:
-    path = out_dir / META_FILE
+def read_meta(out_dir: str | os.PathLike) -> dict | None:
+    """The meta.json of a prepared directory; None when there is none."""
+    path = Path(out_dir) / META_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MiniLlamaError(f"{path} is not valid JSON; use --force to re-create the token files") from None
+        meta = None
+    if not isinstance(meta, dict) or "inputs" not in meta:
+        raise MiniLlamaError(f"{path} is not the meta.json of minillama token files; re-create them with "
+                             "`minillama prepare --force`")
+    return meta
+
+
+def is_prepared_dir(directory: Path) -> bool:
+    """Whether `directory` holds only what `prepare` writes (token files, meta.json, temporaries of
+    a run that was killed), recognised by the meta.json, or without one by the token file headers."""
+    names = [p.name for p in directory.iterdir()]
+    if not all(name in (TRAIN_FILE, VAL_FILE, META_FILE) or _STALE_TMP.match(name) for name in names):
+        return False
+    if META_FILE in names:
+        try:
+            return read_meta(directory) is not None
+        except MiniLlamaError:
+            return False
+    for name in set(names) & {TRAIN_FILE, VAL_FILE}:
+        with open(directory / name, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                return False
+    return True
+
+
+def check_prepared(out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike) -> dict:
+    """The meta of complete token files in `out_dir` made with this tokenizer, for training on them
+    as they are; a one-line error for anything else (they are never rewritten here)."""
+    out_dir = Path(out_dir)
+    meta = read_meta(out_dir)
+    if meta is None or not _files_match(out_dir, meta):
+        raise MiniLlamaError(f"{out_dir} holds no complete token files; prepare them with "
+                             f"`minillama prepare --out {out_dir}`")
+    fingerprint = tokenizer_fingerprint(tokenizer_dir)
+    if meta["inputs"].get("tokenizer_hash") != fingerprint:
+        raise MiniLlamaError(f"the token files in {out_dir} were made with another tokenizer "
+                             f"({meta.get('tokenizer_dir')}) than {tokenizer_dir}; train with the one they were "
+                             "made with")
+    return meta
 
 
 def _files_match(out_dir: Path, meta: dict) -> bool:
@@ -227,6 +275,7 @@ def prepare_dataset(
     doc_separator: str = "auto",
     text_field: str = "text",
     dtype: str | None = None,
+    utf8_errors: str = "strict",
 ) -> dict:
     """Encode a dataset into `out_dir/train.bin`, `out_dir/val.bin` and `out_dir/meta.json`.
 
@@ -234,15 +283,21 @@ def prepare_dataset(
     directory, or a source object. The validation set is `val_dataset` when given, else the
     dataset's own validation split (registered datasets), else a `val_fraction` of the documents.
     Returns the meta. With the same inputs as the existing files it does nothing; with another
-    tokenizer it refuses unless `force`. `num_workers` defaults to all cores (one process for
-    less than 8 MiB of text); `dtype` (uint16 / uint32) to the smallest that holds the vocabulary.
+    tokenizer it refuses unless `force`, as it refuses an `out_dir` holding anything but token
+    files (`force` writes its three files there anyway; it never writes into an input).
+    `num_workers` defaults to all cores (one process for less than 8 MiB of text); `dtype`
+    (uint16 / uint32) to the smallest that holds the vocabulary. `utf8_errors="replace"` reads
+    text that is not valid UTF-8 (or a lone surrogate in JSON) as U+FFFD instead of stopping.
     Worker processes are spawned, so a script that calls this needs the usual
     `if __name__ == "__main__":` guard (or `num_workers=1`).
     """
     out_dir = Path(out_dir)
     tokenizer_json, eos_id, vocab_size = _inspect_tokenizer(tokenizer_dir)
     np_dtype = dtype_for_vocab(vocab_size) if dtype in (None, "auto") else np.dtype(dtype)
-    train_source, val_source = _sources(dataset, val_dataset, val_fraction, doc_separator, text_field)
+    train_source, val_source = _sources(dataset, val_dataset, val_fraction, doc_separator, text_field, utf8_errors)
+    check_output(out_dir, "data", overwrite=force, is_own=is_prepared_dir,
+                 remedy=("force", None, "write the token files there anyway"),
+                 inputs=[p for source in (train_source, val_source) for p in getattr(source, "paths", ())])
     inputs = {
         "format": META_FORMAT,
         "tokenizer_hash": tokenizer_fingerprint(tokenizer_dir),
@@ -252,6 +307,7 @@ def prepare_dataset(
         "val_fraction": None if val_source else val_fraction,
         "doc_separator": doc_separator,
         "text_field": text_field,
+        "utf8_errors": utf8_errors,
     }
     if not force and (up_to_date := _existing_meta(out_dir, inputs)) is not None:
         return up_to_date
@@ -298,11 +354,11 @@ def _inspect_tokenizer(tokenizer_dir) -> tuple[Path, int, int]:
     return tokenizer_json, eos_id, max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
 
 
-def _sources(dataset, val_dataset, val_fraction: float, doc_separator: str, text_field: str):
+def _sources(dataset, val_dataset, val_fraction: float, doc_separator: str, text_field: str, utf8_errors: str):
     """(train source, validation source or None when the split is by `val_fraction`)."""
-    train_source, val_source = resolve_dataset(dataset, doc_separator, text_field)
+    train_source, val_source = resolve_dataset(dataset, doc_separator, text_field, utf8_errors)
     if val_dataset is not None:
-        val_train, val_own = resolve_dataset(val_dataset, doc_separator, text_field)
+        val_train, val_own = resolve_dataset(val_dataset, doc_separator, text_field, utf8_errors)
         val_source = val_own or val_train
     if val_source is None and not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
@@ -311,7 +367,7 @@ def _sources(dataset, val_dataset, val_fraction: float, doc_separator: str, text
 
 def _existing_meta(out_dir: Path, inputs: dict) -> dict | None:
     """The existing meta when `out_dir` is up to date for `inputs`; None when it must be (re)built."""
-    old = _read_meta(out_dir)
+    old = read_meta(out_dir)
     if old is None:
         return None
     old_inputs = old.get("inputs", {})
@@ -319,7 +375,7 @@ def _existing_meta(out_dir: Path, inputs: dict) -> dict | None:
         raise MiniLlamaError(
             f"{out_dir} holds token files made with another tokenizer (sha256 "
             f"{str(old_inputs.get('tokenizer_hash'))[:12]}..., this one {inputs['tokenizer_hash'][:12]}...); "
-            "use --force to re-encode them with this tokenizer, or choose another --out"
+            "choose another directory, or re-encode them with this tokenizer: `minillama prepare --force`"
         )
     if old_inputs == inputs and _files_match(out_dir, old):
         log.info("%s is up to date (same tokenizer, data and options): nothing to do", out_dir)

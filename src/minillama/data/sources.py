@@ -11,6 +11,10 @@ any size streams through in bounded memory, and has a `fingerprint()` of its con
 - `.jsonl` / `.jsonl.gz`: one JSON object per line, the document in `text_field`;
 - `.parquet`: the `text_field` column;
 - a directory: every such file in it, in sorted name order.
+
+Text that is not valid UTF-8, or a JSON string holding a lone surrogate (`"\ud800"`: valid JSON,
+common in scraped data, but no character), stops with the file and line named; with
+`utf8_errors="replace"` it reads as U+FFFD instead.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -37,6 +42,9 @@ DOC_SEPARATORS = ("auto", "endoftext", "blank-line", "line")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
+UTF8_ERRORS = ("strict", "replace")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPAIR = ("utf8_errors", "replace", "read it as U+FFFD")
 _AUTO_PEEK_CHARS = 1 << 20
 _PARQUET_BATCH_ROWS = 1024
 
@@ -65,10 +73,10 @@ def _format_of(path: Path) -> str | None:
     return None
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_text(path: Path, utf8_errors: str = "strict") -> io.TextIOBase:
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8", errors=utf8_errors)
+    return open(path, encoding="utf-8", errors=utf8_errors)
 
 
 def _strip_all(texts: Iterable[str]) -> Iterator[str]:
@@ -104,17 +112,17 @@ def _split_blank_lines(lines: Iterable[str]) -> Iterator[str]:
     yield "".join(parts)
 
 
-def _resolve_separator(path: Path, doc_separator: str) -> str:
+def _resolve_separator(path: Path, doc_separator: str, utf8_errors: str) -> str:
     if doc_separator != "auto":
         return doc_separator
-    with _open_text(path) as f:
+    with _open_text(path, utf8_errors) as f:
         head = f.read(_AUTO_PEEK_CHARS)
     return "endoftext" if EOT in head else "blank-line"
 
 
-def _text_documents(path: Path, doc_separator: str) -> Iterator[str]:
-    separator = _resolve_separator(path, doc_separator)
-    with _open_text(path) as f:
+def _text_documents(path: Path, doc_separator: str, utf8_errors: str) -> Iterator[str]:
+    separator = _resolve_separator(path, doc_separator, utf8_errors)
+    with _open_text(path, utf8_errors) as f:
         if separator == "endoftext":
             yield from _strip_all(_split_endoftext(f))
         elif separator == "blank-line":
@@ -123,24 +131,49 @@ def _text_documents(path: Path, doc_separator: str) -> Iterator[str]:
             yield from _strip_all(f)
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """The JSON objects of a .jsonl(.gz) file, one per non-empty line; a bad line is a one-line error."""
+def read_jsonl(path: str | os.PathLike, utf8_errors: str = "strict") -> Iterator[dict]:
+    """The JSON objects of a .jsonl(.gz) file, one per non-empty line; a bad line is a one-line error
+    naming it. Bytes that are not UTF-8 and lone surrogates in strings are errors too, unless
+    `utf8_errors="replace"` (then they read as U+FFFD)."""
     path = Path(path)
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MiniLlamaError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise MiniLlamaError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield record
+    lineno = 0
+    try:
+        with _open_text(path, utf8_errors) as f:
+            for lineno, line in enumerate(f, 1):  # noqa: B007 - read by the except clause
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise MiniLlamaError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise MiniLlamaError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                if "\\u" in line:  # a lone surrogate can only come from an escape
+                    record = _without_lone_surrogates(record, f"{path}:{lineno}", utf8_errors)
+                yield record
+    except UnicodeDecodeError as exc:
+        raise MiniLlamaError(f"{path}:{lineno + 1}: not UTF-8 text ({exc.reason})", remedy=_REPAIR) from None
 
 
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    for lineno, record in enumerate(read_jsonl(path), 1):
+def _without_lone_surrogates(value: Any, where: str, utf8_errors: str) -> Any:
+    """Strings of a JSON value with lone surrogates refused (strict) or replaced by U+FFFD."""
+    if isinstance(value, str):
+        found = _LONE_SURROGATE.search(value)
+        if found is None:
+            return value
+        if utf8_errors == "strict":
+            raise MiniLlamaError(f"{where}: a string holds a lone surrogate ({found.group()!a}), which is no "
+                                 "character", remedy=_REPAIR)
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {k: _without_lone_surrogates(v, where, utf8_errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v, where, utf8_errors) for v in value]
+    return value
+
+
+def _jsonl_documents(path: Path, text_field: str, utf8_errors: str) -> Iterator[str]:
+    for lineno, record in enumerate(read_jsonl(path, utf8_errors), 1):
         text = record.get(text_field)
         if not isinstance(text, str):
             raise MiniLlamaError(
@@ -189,20 +222,24 @@ class FileSource:
     paths: tuple[Path, ...]
     doc_separator: str = "auto"
     text_field: str = "text"
+    utf8_errors: str = "strict"
 
     def __post_init__(self) -> None:
         if self.doc_separator not in DOC_SEPARATORS:
             choices = ", ".join(DOC_SEPARATORS)
             raise ValueError(f"doc_separator must be one of {choices}, not {self.doc_separator!r}")
+        if self.utf8_errors not in UTF8_ERRORS:
+            raise ValueError(f"utf8_errors must be one of {', '.join(UTF8_ERRORS)}, not {self.utf8_errors!r}")
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, doc_separator: str = "auto", text_field: str = "text"):
+    def from_path(cls, path: str | os.PathLike, doc_separator: str = "auto", text_field: str = "text",
+                  utf8_errors: str = "strict"):
         path = Path(path).expanduser()
         if path.is_dir():
             files = tuple(sorted(p for p in path.iterdir() if p.is_file() and _format_of(p)))
             if not files:
                 raise MiniLlamaError(f"directory {path} holds no .txt, .jsonl or .parquet files")
-            return cls(files, doc_separator, text_field)
+            return cls(files, doc_separator, text_field, utf8_errors)
         if not path.exists():
             raise FileNotFoundError(
                 f"no dataset named {str(path)!r} and no such file or directory; "
@@ -210,20 +247,21 @@ class FileSource:
             )
         if _format_of(path) is None:
             raise MiniLlamaError(f"{path}: unknown format; use .txt, .jsonl (either may be .gz) or .parquet")
-        return cls((path,), doc_separator, text_field)
+        return cls((path,), doc_separator, text_field, utf8_errors)
 
     def documents(self) -> Iterator[str]:
         for path in self.paths:
             kind = _format_of(path)
             try:
                 if kind == "text":
-                    yield from _text_documents(path, self.doc_separator)
+                    yield from _text_documents(path, self.doc_separator, self.utf8_errors)
                 elif kind == "jsonl":
-                    yield from _jsonl_documents(path, self.text_field)
+                    yield from _jsonl_documents(path, self.text_field, self.utf8_errors)
                 else:
                     yield from _parquet_documents(path, self.text_field)
             except UnicodeDecodeError as exc:
-                raise MiniLlamaError(f"{path} is not UTF-8 text ({exc.reason}); convert it first") from None
+                raise MiniLlamaError(f"{path} is not UTF-8 text ({exc.reason}); convert it",
+                                     remedy=_REPAIR) from None
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -314,7 +352,8 @@ DATASETS: dict[str, RegisteredDataset] = {
 
 
 def resolve_dataset(
-    dataset: str | os.PathLike | Source, doc_separator: str = "auto", text_field: str = "text"
+    dataset: str | os.PathLike | Source, doc_separator: str = "auto", text_field: str = "text",
+    utf8_errors: str = "strict",
 ) -> tuple[Source, Source | None]:
     """(train source, the dataset's own validation source or None) for a name, path or source."""
     if not isinstance(dataset, (str, os.PathLike)):
@@ -322,7 +361,7 @@ def resolve_dataset(
     if isinstance(dataset, str) and dataset in DATASETS:
         entry = DATASETS[dataset]
         return entry.train, entry.val
-    source = FileSource.from_path(dataset, doc_separator, text_field)
+    source = FileSource.from_path(dataset, doc_separator, text_field, utf8_errors)
     return source, None
 
 
@@ -349,12 +388,12 @@ def load_documents(
 @contextlib.contextmanager
 def dataset_text_files(
     dataset: str | os.PathLike | Source = "tinystories-sample", doc_separator: str = "auto",
-    text_field: str = "text",
+    text_field: str = "text", utf8_errors: str = "strict",
 ) -> Iterator[list[Path]]:
     """Text files holding a dataset's training documents, for trainers that read files (the BPE
     trainer). Text files are used in place; other sources are streamed into one temporary
     `.txt` file (documents separated by `<|endoftext|>` lines) that is deleted afterwards."""
-    train, _ = resolve_dataset(dataset, doc_separator, text_field)
+    train, _ = resolve_dataset(dataset, doc_separator, text_field, utf8_errors)
     if isinstance(train, FileSource) and all(_format_of(p) == "text" for p in train.paths):
         yield list(train.paths)
         return

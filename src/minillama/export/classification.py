@@ -68,9 +68,9 @@ def read_classifier_dir(directory: str | os.PathLike, device: str | torch.device
 
 
 def save_hf_classifier(model: MiniLlamaForSequenceClassification, out_dir: str | os.PathLike,
-                       tokenizer: Any = None) -> Path:
+                       tokenizer: Any = None, overwrite: bool = False) -> Path:
     """Export `model` (atomically) with its tokenizer, if given, for transformers."""
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, "classifier", overwrite=overwrite) as tmp:
         write_classifier_dir(model.config, model.labels, model.state_dict(), tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,9 +11,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export a checkpoint to a directory that transformers.AutoModelForCausalLM and "
                     "AutoTokenizer load with no extra code (LlamaForCausalLM, or Qwen2ForCausalLM "
                     "when the model has q/k/v biases).")
-    export.add_argument("--checkpoint", required=True, help="model directory to export")
+    export.add_argument("--checkpoint", required=True,
+                        help="model directory, or a run / checkpoints directory (its latest checkpoint)")
     export.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's, if it has one)")
-    export.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    export.add_argument("--out", required=True,
+                        help="output directory: new, empty, or an earlier export (replaced atomically)")
+    export.add_argument("--overwrite", action="store_true",
+        help="replace what --out holds even if minillama did not write it (never an input)")
     export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="weight dtype in the export (default: %(default)s)")
     export.set_defaults(func=run_export)
@@ -24,16 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Import a local transformers Llama or Qwen2 model directory (safetensors). "
                     "Loading is strict: a missing or unexpected weight is an error naming it.")
     imp.add_argument("--hf", required=True, help="transformers model directory")
-    imp.add_argument("--out", required=True, help="minillama checkpoint directory to write")
+    imp.add_argument("--out", required=True,
+                     help="model directory to write: new, empty, or an earlier model directory")
+    imp.add_argument("--overwrite", action="store_true",
+        help="replace what --out holds even if minillama did not write it (never an input)")
     imp.set_defaults(func=run_import)
-
-
-def find_tokenizer_dir(*candidates: str | Path | None) -> Path | None:
-    """The first directory that holds a tokenizer.json."""
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "tokenizer.json").is_file():
-            return Path(candidate)
-    return None
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -41,17 +39,20 @@ def run_export(args: argparse.Namespace) -> int:
 
     from minillama.export import save_hf
     from minillama.model import MiniLlama
+    from minillama.tokenizer import Tokenizer, check_tokenizer_matches, find_tokenizer_dir
+    from minillama.train.checkpoint import resolve_checkpoint
 
-    model = MiniLlama.from_pretrained(args.checkpoint, dtype=getattr(torch, args.dtype))
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model = MiniLlama.from_pretrained(checkpoint, dtype=getattr(torch, args.dtype))
     tokenizer = None
-    tokenizer_dir = find_tokenizer_dir(args.tokenizer, args.checkpoint)
+    tokenizer_dir = find_tokenizer_dir(args.tokenizer, checkpoint)
     if args.tokenizer and tokenizer_dir is None:
         raise FileNotFoundError(f"{args.tokenizer} has no tokenizer.json; pass a tokenizer directory")
     if tokenizer_dir is not None:
-        from minillama.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-    out = save_hf(model, args.out, tokenizer=tokenizer)
+        check_tokenizer_matches(tokenizer, model.config.vocab_size, checkpoint)
+    out = save_hf(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite,
+                  inputs=(checkpoint, tokenizer_dir))
     print(f"exported to {out}" + ("" if tokenizer else " (no tokenizer found: pass --tokenizer DIR)"))
     return 0
 
@@ -60,6 +61,6 @@ def run_import(args: argparse.Namespace) -> int:
     from minillama.export import load_hf
 
     model = load_hf(args.hf)
-    model.save_pretrained(args.out)
+    model.save_pretrained(args.out, overwrite=args.overwrite, inputs=(args.hf,))
     print(f"imported {model.num_parameters():,} parameters into {args.out}")
     return 0

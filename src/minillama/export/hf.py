@@ -96,14 +96,17 @@ def generation_config_dict(config: ModelConfig) -> dict[str, Any]:
             if getattr(config, key) is not None} | {"do_sample": False}
 
 
-def save_hf(model: MiniLlama, out_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
+def save_hf(model: MiniLlama, out_dir: str | os.PathLike, tokenizer: Any = None, *, overwrite: bool = False,
+            inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
     """Export a directory that `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads
     with no extra code; with a tokenizer, `AutoTokenizer.from_pretrained(out_dir)` works too.
 
     `tokenizer` is anything with `save_pretrained(directory)` (ours, or a transformers tokenizer).
+    `out_dir` must be new, empty or an earlier export (see `files.check_output`; `overwrite`
+    replaces anything but one of `inputs`).
     """
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, "model", overwrite=overwrite, inputs=inputs) as tmp:
         write_model_dir(model.config, model.state_dict(), tmp)
         with open(tmp / "generation_config.json", "w", encoding="utf-8") as f:
             json.dump(generation_config_dict(model.config), f, indent=2)

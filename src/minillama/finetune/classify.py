@@ -27,6 +27,7 @@ from torch import nn
 
 from minillama.errors import MiniLlamaError
 from minillama.finetune.batches import Example, ExampleBatches, fixed_batches, pad_batch
+from minillama.train.checkpoint import claim_run_directory
 from minillama.train.config import TrainConfig
 from minillama.train.distributed import Distributed
 from minillama.train.loop import Trainer
@@ -114,7 +115,7 @@ class ClassifySettings:
 def build_classifier(config: TrainConfig, settings: ClassifySettings, tokenizer_dir: Path, labels: list[str]):
     """(classifier, tokenizer): the base's decoder with a new score head, or a fresh model."""
     from minillama.model import MiniLlama, MiniLlamaForSequenceClassification
-    from minillama.tokenizer import Tokenizer
+    from minillama.tokenizer import Tokenizer, check_tokenizer_matches
 
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -124,9 +125,7 @@ def build_classifier(config: TrainConfig, settings: ClassifySettings, tokenizer_
                                           bos_token_id=tokenizer.bos_token_id)
         return MiniLlamaForSequenceClassification(model_config, labels), tokenizer
     base = MiniLlama.from_pretrained(settings.base)
-    if tokenizer.vocab_size > base.config.vocab_size:
-        raise MiniLlamaError(f"the tokenizer has {tokenizer.vocab_size} tokens, the base model "
-                             f"{base.config.vocab_size}; pass the tokenizer the base was trained with")
+    check_tokenizer_matches(tokenizer, base.config.vocab_size, settings.base)
     if base.config.pad_token_id is None:
         base.config.pad_token_id = pad  # the head reads the last token that is not padding
     return MiniLlamaForSequenceClassification(base.config, labels, backbone=base.model), tokenizer
@@ -152,9 +151,9 @@ def ensure_classify_tokenizer(config: TrainConfig, settings: ClassifySettings, o
 def train_classifier(config: TrainConfig, settings: ClassifySettings) -> dict[str, Any]:
     """Train on the SST-2 train split (validating on dev); returns the report (dev and test accuracy)."""
     dist = Distributed.from_env(config.run.device, config.run.threads)
+    lock = claim_run_directory(config.run.out_dir) if dist.is_main else None
     try:
         out_dir = Path(config.run.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer_dir = ensure_classify_tokenizer(config, settings, out_dir, dist)
         torch.manual_seed(config.run.seed)
         model, tokenizer = build_classifier(config, settings, tokenizer_dir, list(SST2_LABELS))
@@ -174,7 +173,7 @@ def train_classifier(config: TrainConfig, settings: ClassifySettings) -> dict[st
 
         files = ClassifierFiles(model.config, model.labels)
         trainer = Trainer(config, model, batches, evaluate, dist, batch_loss=classification_loss,
-                          tokenizer_dir=tokenizer_dir, model_files=files,
+                          tokenizer_dir=tokenizer_dir, model_files=files, lock=lock,
                           extra_state={"classify": asdict(settings)})
         result = trainer.fit()
         report: dict[str, Any] = {"steps": result.step, "stopped_by": result.stopped_by,
@@ -183,6 +182,8 @@ def train_classifier(config: TrainConfig, settings: ClassifySettings) -> dict[st
             report |= finish(result.checkpoint, tokenizer, out_dir, config.data.batch_size, max_len)
         return report
     finally:
+        if lock is not None:
+            lock.release()
         dist.close()
 
 
@@ -205,9 +206,9 @@ def finish(checkpoint: Path, tokenizer: Any, out_dir: Path, batch_size: int, max
 def evaluate_saved_classifier(model_dir: str | os.PathLike, split: str = "test", batch_size: int = 64,
                               device: str = "auto", data: str | None = None) -> dict[str, Any]:
     """Accuracy of a saved classifier on an SST-2 split (or a `label<TAB>sentence` file `data`)."""
+    from minillama.device import resolve_device
     from minillama.export.classification import read_classifier_dir
     from minillama.tokenizer import Tokenizer
-    from minillama.train.distributed import resolve_device
 
     target = resolve_device(device)
     model = read_classifier_dir(model_dir, device=target).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from minillama.options import positive_int
 from minillama.train.config import TrainConfig, add_config_arguments
 
 
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sft.add_argument("--base", required=True, help="model directory to fine-tune (with its tokenizer files)")
     sft.add_argument("--data", dest="data.dataset", default=argparse.SUPPRESS,
                      help="SFT data: tinystories-instruct (default), gsm8k, alpaca, or a .jsonl path")
-    sft.add_argument("--lora-r", type=int, help="LoRA rank (omit for full fine-tuning); adapters usually want "
+    sft.add_argument("--lora-r", type=positive_int, help="LoRA rank (omit for full fine-tuning); adapters usually want "
                                                 "a higher --optim.lr than full fine-tuning, e.g. 2e-3")
     sft.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha; the update is scaled by "
                                                                     "alpha / r (default: %(default)s)")
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="share held out for validation when the data has no validation set "
                           "(default: %(default)s)")
     add_config_arguments(sft, sft_defaults())
-    sft.set_defaults(func=run_sft, accepts_unknown=True)
+    sft.set_defaults(func=run_sft)
 
     merge = subparsers.add_parser(
         "merge-lora", help="fold LoRA adapters (ours or PEFT's) into their base model",
@@ -60,7 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "transformers-loadable model directory.")
     merge.add_argument("--base", required=True, help="the base model directory")
     merge.add_argument("--adapter", required=True, help="the adapter directory")
-    merge.add_argument("--out", required=True, help="output model directory (replaced atomically)")
+    merge.add_argument("--out", required=True,
+                       help="output model directory: new, empty or an earlier model (replaced atomically)")
+    merge.add_argument("--overwrite", action="store_true",
+        help="replace what --out holds even if minillama did not write it (never an input)")
     merge.add_argument("--tokenizer", help="tokenizer directory (default: the adapter's, else the base's)")
     merge.set_defaults(func=run_merge)
 
@@ -77,24 +81,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "RUN/report.json.")
     train.add_argument("--base", help="pretrained model directory (default: train from scratch)")
     add_config_arguments(train, classify_defaults())
-    train.set_defaults(func=run_classify_train, accepts_unknown=True)
+    train.set_defaults(func=run_classify_train)
     evaluate = actions.add_parser("eval", help="accuracy of a trained classifier on an SST-2 split")
     evaluate.add_argument("--checkpoint", required=True, metavar="DIR",
                           help="classifier directory (RUN/model, or one of RUN/checkpoints/step-N)")
     evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"],
                           help="SST-2 split (default: %(default)s)")
     evaluate.add_argument("--data", help="a label<TAB>sentence file with a header line instead of SST-2")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=run_classify_eval)
 
 
-def run_sft(args: argparse.Namespace, unknown: list[str] | None = None) -> int:
+def run_sft(args: argparse.Namespace) -> int:
     from minillama.finetune.lora import LoRAConfig
     from minillama.finetune.sft import SFTSettings, sft
     from minillama.train.config import config_from_args
 
-    config = config_from_args(args, unknown, sft_defaults())
+    config = config_from_args(args, defaults=sft_defaults())
     if config.model.overrides or config.model.preset != sft_defaults().model.preset:
         raise ValueError("sft takes the model from --base; --model.* settings do not apply")
     lora = None
@@ -112,23 +116,25 @@ def run_sft(args: argparse.Namespace, unknown: list[str] | None = None) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     from minillama.export import save_hf
-    from minillama.export.commands import find_tokenizer_dir
     from minillama.finetune.sft import merge_adapter
-    from minillama.tokenizer import Tokenizer
+    from minillama.tokenizer import Tokenizer, check_tokenizer_matches, find_tokenizer_dir
 
     model = merge_adapter(args.base, args.adapter)
     tokenizer_dir = find_tokenizer_dir(args.tokenizer, args.adapter, args.base)
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else None
-    out = save_hf(model, args.out, tokenizer)
+    if tokenizer is not None:
+        check_tokenizer_matches(tokenizer, model.config.vocab_size, args.base)
+    out = save_hf(model, args.out, tokenizer, overwrite=args.overwrite,
+                  inputs=(args.base, args.adapter, tokenizer_dir))
     print(f"merged {args.adapter} into {args.base}: {out}")
     return 0
 
 
-def run_classify_train(args: argparse.Namespace, unknown: list[str] | None = None) -> int:
+def run_classify_train(args: argparse.Namespace) -> int:
     from minillama.finetune.classify import ClassifySettings, train_classifier
     from minillama.train.config import config_from_args
 
-    config = config_from_args(args, unknown, classify_defaults())
+    config = config_from_args(args, defaults=classify_defaults())
     if config.data.dataset != "sst2":
         raise ValueError("classify train uses the shipped SST-2 (data.dataset sst2)")
     report = train_classifier(config, ClassifySettings(args.base))

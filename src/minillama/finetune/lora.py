@@ -194,9 +194,9 @@ def write_adapter_dir(config: LoRAConfig, state: dict[str, torch.Tensor], direct
 
 
 def save_adapter(model: nn.Module, config: LoRAConfig, out_dir: str | os.PathLike,
-                 base_model: str | None = None, tokenizer: Any = None) -> Path:
+                 base_model: str | None = None, tokenizer: Any = None, overwrite: bool = False) -> Path:
     """Write `model`'s adapters (and the tokenizer, if given) to `out_dir`, atomically."""
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, "adapter", overwrite=overwrite) as tmp:
         write_adapter_dir(config, model.state_dict(), tmp, base_model)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -25,6 +25,7 @@ from torch import nn
 from minillama.errors import MiniLlamaError
 from minillama.finetune.batches import IGNORE_INDEX, Example, ExampleBatches, fixed_batches, pad_batch
 from minillama.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRAConfig, LoRAFiles, add_lora
+from minillama.train.checkpoint import claim_run_directory
 from minillama.train.config import TrainConfig
 from minillama.train.distributed import Distributed
 from minillama.train.loop import Trainer, TrainingResult, evaluate_batches
@@ -68,13 +69,11 @@ def evaluate_sft(model: nn.Module, examples: list[Example], batch_size: int, pad
 def load_base(settings: SFTSettings, tokenizer_dir: Path):
     """The base model and its tokenizer, checked to fit together and to know ChatML."""
     from minillama.model import MiniLlama
-    from minillama.tokenizer import Tokenizer
+    from minillama.tokenizer import Tokenizer, check_tokenizer_matches
 
     model = MiniLlama.from_pretrained(settings.base)
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise MiniLlamaError(f"the tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} tokens, the model "
-                             f"{model.config.vocab_size}; pass the tokenizer the base was trained with")
+    check_tokenizer_matches(tokenizer, model.config.vocab_size, settings.base)
     im_end = tokenizer.token_to_id("<|im_end|>")
     if im_end is None:
         raise MiniLlamaError(f"the tokenizer in {tokenizer_dir} has no <|im_end|>; SFT needs ChatML's tokens")
@@ -89,7 +88,8 @@ def load_examples(config: TrainConfig, settings: SFTSettings, tokenizer, max_len
     """The (train, validation) examples of `config.data.dataset`, rendered and masked."""
     from minillama.finetune.sft_data import load_conversations, tokenize_conversations
 
-    chats = load_conversations(config.data.dataset, config.data.val_dataset, settings.val_fraction)
+    chats = load_conversations(config.data.dataset, config.data.val_dataset, settings.val_fraction,
+                               config.data.utf8_errors)
     train, val = (tokenize_conversations(tokenizer, split, max_len) for split in chats)
     log.info("SFT on %d conversations (%d held out), at most %d tokens each", len(train), len(val), max_len)
     return train, val
@@ -98,6 +98,7 @@ def load_examples(config: TrainConfig, settings: SFTSettings, tokenizer, max_len
 def sft(config: TrainConfig, settings: SFTSettings) -> TrainingResult:
     """Fine-tune `settings.base` on `config.data.dataset` as `config` says; returns the loop's result."""
     dist = Distributed.from_env(config.run.device, config.run.threads)
+    lock = claim_run_directory(config.run.out_dir) if dist.is_main else None
     try:
         tokenizer_dir = Path(config.data.tokenizer or settings.base)
         torch.manual_seed(config.run.seed)
@@ -120,7 +121,7 @@ def sft(config: TrainConfig, settings: SFTSettings) -> TrainingResult:
                                 config.run.eval_batches)
 
         trainer = Trainer(config, model, batches, evaluate, dist, batch_loss=sft_loss,
-                          tokenizer_dir=tokenizer_dir, model_files=files,
+                          tokenizer_dir=tokenizer_dir, model_files=files, lock=lock,
                           extra_state={"sft": {**asdict(settings), "dataset": config.data.dataset}})
         result = trainer.fit()
         if dist.is_main and result.stopped_by == "budget" and result.checkpoint is not None:
@@ -130,6 +131,8 @@ def sft(config: TrainConfig, settings: SFTSettings) -> TrainingResult:
                          math.exp(min(result.val_loss, 50)))
         return result
     finally:
+        if lock is not None:
+            lock.release()
         dist.close()
 
 
@@ -142,7 +145,7 @@ def export_final(checkpoint: Path, settings: SFTSettings, tokenizer, out_dir: Pa
     if settings.lora is None:
         model = MiniLlama.from_pretrained(checkpoint)
     else:
-        with atomic_directory(out_dir / "adapter") as tmp:
+        with atomic_directory(out_dir / "adapter", "adapter") as tmp:
             for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
                 shutil.copy2(checkpoint / name, tmp / name)
             tokenizer.save_pretrained(tmp)

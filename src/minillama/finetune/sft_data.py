@@ -91,12 +91,12 @@ SFT_DATASETS: dict[str, SFTDataset] = {
 
 
 def load_conversations(dataset: str, val_dataset: str | None = None, val_fraction: float = 0.05,
-                       ) -> tuple[list[Messages], list[Messages]]:
+                       utf8_errors: str = "strict") -> tuple[list[Messages], list[Messages]]:
     """(train, validation) conversations of a registered name or a JSONL path. Without a validation
     set of its own, a seeded `val_fraction` of the training conversations is held out."""
-    train, val = _source(dataset)
+    train, val = _source(dataset, utf8_errors)
     if val_dataset:
-        val = _source(val_dataset)[0]
+        val = _source(val_dataset, utf8_errors)[0]
     train_conversations = list(train())
     if val is not None:
         return train_conversations, list(val())
@@ -110,14 +110,15 @@ def load_conversations(dataset: str, val_dataset: str | None = None, val_fractio
             [c for i, c in enumerate(train_conversations) if i in held_out])
 
 
-def _source(dataset: str) -> tuple[Callable[[], Iterator[Messages]], Callable[[], Iterator[Messages]] | None]:
+def _source(dataset: str, utf8_errors: str = "strict"
+            ) -> tuple[Callable[[], Iterator[Messages]], Callable[[], Iterator[Messages]] | None]:
     if dataset in SFT_DATASETS:
         entry = SFT_DATASETS[dataset]
         return entry.train, entry.val
     if not Path(dataset).is_file():
         raise FileNotFoundError(f"no SFT dataset named {dataset!r} and no such file; use one of "
                                 f"{', '.join(SFT_DATASETS)} or a .jsonl file")
-    return (lambda: (to_messages(r) for r in read_jsonl(dataset))), None
+    return (lambda: (to_messages(r) for r in read_jsonl(dataset, utf8_errors))), None
 
 
 def truncate(ids: Sequence[int], labels: Sequence[int], max_len: int) -> tuple[list[int], list[int]]:

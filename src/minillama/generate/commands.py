@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from minillama.errors import CheckpointError, MiniLlamaError
+from minillama.options import positive_int
+from minillama.train.checkpoint import resolve_checkpoint
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,14 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "checkpoints directory (its latest checkpoint is used)")
     sample.add_argument("--prompt", default="",
                         help="text to continue (empty: start from BOS / <|endoftext|>)")
-    sample.add_argument("--max-new-tokens", type=int, default=256, metavar="N")
-    sample.add_argument("--num-samples", type=int, default=1, metavar="N", help="independent continuations")
-    sample.add_argument("--num-beams", type=int, default=1, metavar="N", help="beam search with N beams")
+    sample.add_argument("--max-new-tokens", type=positive_int, default=256, metavar="N")
+    sample.add_argument("--num-samples", type=positive_int, default=1, metavar="N", help="independent continuations")
+    sample.add_argument("--num-beams", type=positive_int, default=1, metavar="N", help="beam search with N beams")
     sample.add_argument("--length-penalty", type=float, default=1.0,
                         help="beam search: score = log p / length ** penalty")
     sample.add_argument("--draft", metavar="DIR",
                         help="smaller model with the same tokenizer: speculative decoding")
-    sample.add_argument("--draft-tokens", type=int, default=4, metavar="K",
+    sample.add_argument("--draft-tokens", type=positive_int, default=4, metavar="K",
                         help="tokens the draft guesses per round")
     sample.add_argument("--stop", action="append", default=[], metavar="STR",
                         help="stop before this string (repeatable)")
@@ -45,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the conversation, /exit or Ctrl-D to quit.")
     chat.add_argument("--checkpoint", required=True, metavar="DIR", help="a fine-tuned model directory")
     chat.add_argument("--system", default=None, help="system message starting the conversation")
-    chat.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="longest reply")
+    chat.add_argument("--max-new-tokens", type=positive_int, default=512, metavar="N", help="longest reply")
     _add_decoding_arguments(chat, temperature=0.7)
     chat.set_defaults(func=run_chat)
 
@@ -65,32 +67,16 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser, temperature: float 
 
 
 # ---- loading ---------------------------------------------------------------------------------------
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A model directory: `path` itself, or the checkpoint its `latest` file (or checkpoints/latest) names."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    for pointer in (path / "latest", path / "checkpoints" / "latest"):
-        if pointer.is_file():
-            return pointer.parent / pointer.read_text().strip()
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    raise CheckpointError(f"{path} is not a model directory (no config.json) nor a run with "
-                          "checkpoints/latest")
-
-
 def load(path: str | Path, device: str, compiled: bool = False) -> tuple[Any, Any, Path]:
     """(model, tokenizer, directory) ready for decoding (eager, or `compiled` decode steps)."""
-    import torch
-
+    from minillama.device import resolve_device
     from minillama.generate.decode import prepare_for_decoding
     from minillama.model import MiniLlama
     from minillama.tokenizer import Tokenizer
 
     directory = resolve_checkpoint(path)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = prepare_for_decoding(MiniLlama.from_pretrained(directory, device=device).eval(), compiled)
+    model = MiniLlama.from_pretrained(directory, device=resolve_device(device)).eval()
+    model = prepare_for_decoding(model, compiled)
     if not (directory / "tokenizer.json").is_file():
         raise CheckpointError(f"{directory} has no tokenizer.json; copy the tokenizer the model was trained "
                               "with into it (`minillama tokenizer train --out DIR` writes one)")

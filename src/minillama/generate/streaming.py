@@ -53,14 +53,19 @@ class IncrementalDecoder:
             return text[len(done):]
         return ""
 
-    def flush(self) -> str:
-        """The rest (an unfinished character at the very end becomes U+FFFD)."""
+    def flush(self, drop_incomplete: bool = False) -> str:
+        """The rest. An unfinished character at the very end becomes U+FFFD, as a full decode shows
+        it, or is left out with `drop_incomplete` (output cut by a token limit, not by its end)."""
         if self._bytes is not None:
+            if drop_incomplete:
+                self._utf8.reset()
+                return ""
             return self._utf8.decode(b"", final=True)
         done = self.tokenizer.decode(self._ids[self._prefix:self._read])
         text = self.tokenizer.decode(self._ids[self._prefix:])
         self._prefix = self._read = len(self._ids)
-        return text[len(done):]
+        text = text[len(done):]
+        return text.rstrip("\ufffd") if drop_incomplete else text
 
 
 class StopStrings:
@@ -116,10 +121,11 @@ class TextStreamer:
     def push(self, token_id: int) -> str:
         return self.stops.push(self.decoder.push(token_id))
 
-    def flush(self) -> str:
+    def flush(self, drop_incomplete: bool = False) -> str:
+        """The text held back, at the end of generation (see `IncrementalDecoder.flush`)."""
         if self.stopped:
             return ""
-        return self.stops.push(self.decoder.flush()) + self.stops.flush()
+        return self.stops.push(self.decoder.flush(drop_incomplete)) + self.stops.flush()
 
 
 @torch.no_grad()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from minillama.options import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("model", help="inspect model presets and checkpoints",
@@ -13,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = info.add_mutually_exclusive_group()
     source.add_argument("--preset", default="tiny", help="a named preset (default: %(default)s)")
     source.add_argument("--checkpoint", help="a model directory (ours or a transformers Llama/Qwen2)")
-    info.add_argument("--seq-len", type=int, default=None, help="context for the FLOPs estimate")
+    info.add_argument("--seq-len", type=positive_int, default=None, help="context for the FLOPs estimate")
     info.set_defaults(func=run_info)
     presets = sub.add_parser("presets", help="list the named presets")
     presets.set_defaults(func=run_presets)

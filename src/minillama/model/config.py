@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +23,36 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
-    """Hyperparameters of a LLaMA / Qwen2 decoder. Field names follow `transformers.LlamaConfig`."""
+    """Hyperparameters of a LLaMA / Qwen2 decoder. Field names follow `transformers.LlamaConfig`;
+    each field's help is its `--model.FIELD` text in `minillama train --help`."""
 
-    vocab_size: int = 4096
-    hidden_size: int = 256
-    intermediate_size: int = 768
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 8
-    num_key_value_heads: int | None = None  # None: same as num_attention_heads (plain multi-head)
-    head_dim: int | None = None  # None: hidden_size // num_attention_heads
-    max_position_embeddings: int = 512
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    # None, or {"rope_type": "linear" | "dynamic" | "llama3" | "yarn", "factor": f, ...}
-    rope_scaling: dict[str, Any] | None = None
-    attention_bias: bool = False  # Qwen2-style bias on q/k/v projections (not on o_proj)
-    tie_word_embeddings: bool = True
-    initializer_range: float = 0.02
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
-    pad_token_id: int | None = None
-    # "sdpa": torch's fused scaled_dot_product_attention (flash kernels on GPU);
-    # "eager": the explicit softmax(QK^T / sqrt(d) + mask) V, for learning and testing.
-    attn_implementation: str = "sdpa"
+    vocab_size: int = _f(4096, "tokens in the vocabulary (default: the tokenizer's)")
+    hidden_size: int = _f(256, "width of the residual stream")
+    intermediate_size: int = _f(768, "width of the SwiGLU feed-forward")
+    num_hidden_layers: int = _f(4, "decoder blocks")
+    num_attention_heads: int = _f(8, "query heads")
+    num_key_value_heads: int | None = _f(None, "key/value heads, shared by groups of query heads (GQA); "
+                                               "None: one per query head")
+    head_dim: int | None = _f(None, "width of a head (None: hidden_size / num_attention_heads)")
+    max_position_embeddings: int = _f(512, "longest sequence (context length)")
+    rms_norm_eps: float = _f(1e-5, "RMSNorm epsilon")
+    rope_theta: float = _f(10000.0, "RoPE base")
+    rope_scaling: dict[str, Any] | None = _f(None, 'RoPE scaling as JSON, e.g. {"rope_type": "linear", '
+                                                   '"factor": 2}; types: linear, dynamic, llama3, yarn')
+    attention_bias: bool = _f(False, "Qwen2-style bias on q/k/v projections (not on o_proj)")
+    tie_word_embeddings: bool = _f(True, "the LM head shares the token embedding's weight")
+    initializer_range: float = _f(0.02, "standard deviation of the initial weights")
+    bos_token_id: int | None = _f(None, "start token (default: the tokenizer's)")
+    eos_token_id: int | None = _f(None, "end token (default: the tokenizer's)")
+    pad_token_id: int | None = _f(None, "padding token (default: the tokenizer's)")
+    attn_implementation: str = _f("sdpa", "sdpa: torch's fused kernel (flash attention on GPU); eager: the "
+                                          "explicit softmax(QK^T / sqrt(d) + mask) V, for learning and testing")
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:

@@ -388,12 +388,15 @@ class MiniLlama(nn.Module):
         return 3 * forward if training else forward
 
     # ---- our checkpoint directories (also loadable by transformers) ----------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `config.json` + `model.safetensors` + checksum manifest, atomically."""
+    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False,
+                        inputs: tuple[str | os.PathLike | None, ...] = ()) -> None:
+        """Write `config.json` + `model.safetensors` + checksum manifest, atomically. `directory`
+        must be new, empty or an earlier model directory (`overwrite` replaces anything else but
+        one of `inputs`)."""
         from minillama.export.hf import write_model_dir
         from minillama.files import atomic_directory
 
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, "model", overwrite=overwrite, inputs=inputs) as tmp:
             write_model_dir(self.config, self.state_dict(), tmp)
 
     @classmethod

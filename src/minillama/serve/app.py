@@ -44,12 +44,14 @@ class ServeConfig:
     """model_name: the id clients must send as `model`; api_key: when set, every /v1 request needs
     `Authorization: Bearer <api_key>`; max_batch_size: rows decoded together; context: the most
     tokens (prompt + completion) of one request, default the model's max_position_embeddings. The
-    KV cache holds max_batch_size x context tokens."""
+    KV cache holds max_batch_size x context tokens. A request body over max_body_bytes gets 413
+    before it is parsed."""
 
     model_name: str = "minillama"
     api_key: str | None = None
     max_batch_size: int = 16
     context: int | None = None
+    max_body_bytes: int = 4 << 20
 
 
 @dataclass
@@ -203,6 +205,7 @@ def create_app(model: Any, tokenizer: Any, config: ServeConfig = ServeConfig()) 
 
     # No /docs: its page loads scripts from a CDN, and this server must work offline.
     app = FastAPI(title="minillama", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.state.served = served
     install_error_handlers(app)
     authorized = Depends(bearer_auth(config.api_key))
@@ -307,6 +310,43 @@ class Reply:
                 yield self.response(kind, [protocol.chat_delta(index, {}, event.finish_reason)])
         if self.body.stream_options.include_usage:
             yield self.response(kind, [], protocol.usage(self.prompt_tokens, completion_tokens))
+
+
+# ---- limits, auth and errors ------------------------------------------------------------------------
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before any of it is parsed or
+    tokenized (by its Content-Length, or while it arrives when it has none). The body is read here
+    and handed on whole: the routes parse all of it anyway."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await self._too_large(scope, receive, send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending it all
+                return None
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await self._too_large(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        pending = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+        async def replay() -> dict:
+            return pending.pop() if pending else await receive()  # then e.g. http.disconnect
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: dict, receive: Callable, send: Callable) -> None:
+        error = APIError(413, f"the request body is larger than {self.limit} bytes", code="request_too_large")
+        await JSONResponse(error.body(), status_code=413)(scope, receive, send)
 
 
 # ---- auth and errors --------------------------------------------------------------------------------

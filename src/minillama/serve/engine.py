@@ -101,8 +101,8 @@ class Row:
         piece = self.streamer.push(token)
         if self.streamer.stopped:
             return Event(piece, "stop", self.generated)
-        if self.generated >= self.request.max_tokens:
-            return Event(piece + self.streamer.flush(), "length", self.generated)
+        if self.generated >= self.request.max_tokens:  # cut short: half a character is no text
+            return Event(piece + self.streamer.flush(drop_incomplete=True), "length", self.generated)
         return Event(piece) if piece else None
 
 
@@ -117,7 +117,7 @@ class BatchEngine:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         longest = model.config.max_position_embeddings
-        self.context = context or longest
+        self.context = longest if context is None else context
         if not 2 <= self.context <= longest:
             raise ValueError(f"context must be 2 to the model's max_position_embeddings ({longest}), "
                              f"got {self.context}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from minillama.options import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from minillama.tokenizer.train import DEFAULT_SPECIAL_TOKENS, ENGINES
@@ -16,18 +18,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a tokenizer and save it as a Hugging Face directory")
     train.add_argument("--input", nargs="+", metavar="FILE",
                        help="UTF-8 text files, plain or .gz (default: the shipped TinyStories train sample)")
-    train.add_argument("--vocab-size", type=int, default=4096, help="tokens in all (default: %(default)s)")
+    train.add_argument("--vocab-size", type=positive_int, default=4096, help="tokens in all (default: %(default)s)")
     train.add_argument("--special-tokens", nargs="*", default=list(DEFAULT_SPECIAL_TOKENS), metavar="TOKEN",
                        help="special tokens, given ids 0, 1, ... (default: %(default)s)")
     train.add_argument("--out", default="runs/tokenizer", metavar="DIR",
-                       help="output directory (default: %(default)s; replaced atomically)")
+                       help="output directory: new, empty or an earlier tokenizer (default: %(default)s; "
+                            "replaced atomically)")
+    train.add_argument("--overwrite", action="store_true",
+        help="replace what --out holds even if minillama did not write it (never an input)")
     train.add_argument("--engine", choices=ENGINES, default="minillama",
                        help="our trainer, or the tokenizers library's for very large corpora")
-    train.add_argument("--workers", type=int, default=None,
+    train.add_argument("--workers", type=positive_int, default=None,
                        help="processes counting pre-tokens (default: all CPUs)")
     train.add_argument("--utf8-errors", choices=("strict", "replace"), default="strict",
                        help="on bytes that are not UTF-8: stop with an error, or read them as U+FFFD")
-    train.add_argument("--model-max-length", type=int, default=None,
+    train.add_argument("--model-max-length", type=positive_int, default=None,
                        help="context length recorded in tokenizer_config.json")
     train.set_defaults(func=_train)
 
@@ -55,8 +60,8 @@ def _train(args: argparse.Namespace) -> int:
     from minillama.tokenizer.api import train_tokenizer
 
     tokenizer = train_tokenizer(args.input, args.vocab_size, args.special_tokens, args.out, args.engine,
-                                workers=args.workers, progress=True, errors=args.utf8_errors,
-                                model_max_length=args.model_max_length)
+                                workers=args.workers, progress=True, utf8_errors=args.utf8_errors,
+                                model_max_length=args.model_max_length, overwrite=args.overwrite)
     print(f"saved {tokenizer.vocab_size}-token tokenizer to {args.out} "
           f"(fingerprint {tokenizer.fingerprint()[:16]})")
     return 0

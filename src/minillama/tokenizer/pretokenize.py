@@ -238,8 +238,7 @@ def iter_text(path: Path, block_bytes: int = 1 << 20, errors: str = "strict") ->
 def _utf8_error(path: Path, offset: int) -> MiniLlamaError:
     return MiniLlamaError(
         f"{path} is not valid UTF-8 (first bad byte near offset {offset}); convert it to UTF-8 "
-        "(e.g. `iconv -f latin1 -t utf-8`) or pass errors='replace' (CLI: --utf8-errors replace)"
-    )
+        "(e.g. `iconv -f latin1 -t utf-8`)", remedy=("utf8_errors", "replace", "read such bytes as U+FFFD"))
 
 
 def iter_chunks(

@@ -21,7 +21,7 @@ from typing import Any
 import regex
 
 from minillama.errors import MiniLlamaError
-from minillama.files import MANIFEST, atomic_directory, atomic_write_text, sha256_file
+from minillama.files import MANIFEST, atomic_directory, atomic_write_text, update_manifest
 from minillama.tokenizer.pretokenize import (
     GPT2_PATTERN,
     SpecialSplitter,
@@ -460,7 +460,7 @@ class Tokenizer:
         files = {name: json.dumps(data, indent=2, ensure_ascii=False) + "\n"
                  for name, data in contents.items()}
         if not directory.exists():
-            with atomic_directory(directory) as tmp:
+            with atomic_directory(directory, "tokenizer") as tmp:
                 for name, text in files.items():
                     (tmp / name).write_text(text, encoding="utf-8")
             return directory
@@ -469,7 +469,7 @@ class Tokenizer:
         for name, text in files.items():
             atomic_write_text(directory / name, text)
         if (directory / MANIFEST).exists():
-            _update_manifest(directory, list(files))
+            update_manifest(directory, list(files))
         return directory
 
     @classmethod
@@ -614,15 +614,3 @@ def _read_json(path: Path) -> Any:
         raise FileNotFoundError(f"file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MiniLlamaError(f"{path} is not valid JSON ({exc}); the file is damaged, re-create it") from None
-
-
-def _update_manifest(directory: Path, names: list[str]) -> None:
-    """Replace the checksum lines of `names` in the directory's manifest (adding missing ones)."""
-    manifest = directory / MANIFEST
-    lines = {}
-    for line in manifest.read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        lines[name] = digest
-    for name in names:
-        lines[name] = sha256_file(directory / name)
-    atomic_write_text(manifest, "".join(f"{digest}  {name}\n" for name, digest in sorted(lines.items())))

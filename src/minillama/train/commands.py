@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from minillama.options import positive_int
 from minillama.train.config import add_config_arguments
 
 
@@ -16,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Runs resume from the latest checkpoint in run.out_dir. Multi-GPU / multi-node: "
                     "torchrun --nproc_per_node N -m minillama train ...")
     add_config_arguments(train)
-    train.set_defaults(func=run_train, accepts_unknown=True)
+    train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
         "eval", help="loss, perplexity and bits per byte of a checkpoint on a dataset",
@@ -27,17 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", default="val", choices=["val", "train"],
                           help="which part of a named dataset; a file path is evaluated whole")
     evaluate.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's)")
-    evaluate.add_argument("--seq-len", type=int, help="window length (default: the model's context)")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--seq-len", type=positive_int, help="window length (default: the model's context)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=8)
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=run_eval)
 
 
-def run_train(args: argparse.Namespace, unknown: list[str] | None = None) -> int:
+def run_train(args: argparse.Namespace) -> int:
     from minillama.train.config import config_from_args
     from minillama.train.pretrain import pretrain
 
-    config = config_from_args(args, unknown)
+    config = config_from_args(args)
     result = pretrain(config)
     status = "finished" if result.stopped_by == "budget" else "interrupted"
     print(f"{status} at step {result.step} ({result.tokens:,} tokens); checkpoint {result.checkpoint}")

@@ -3,7 +3,11 @@
     minillama train --config configs/stories15M.toml --optim.lr 5e-4 --model.num_hidden_layers 8
 
 Every field's `help` metadata becomes its `--help` text. The `[model]` section takes a `preset`
-plus any `ModelConfig` field as an override.
+plus any `ModelConfig` field as an override (`--model.FIELD`, each listed by `--help`).
+
+Why not jsonargparse or tyro: the whole parser is the few functions below (dotted names, a TOML
+file, typed conversion, one-line errors); a library would add a dependency and its own error
+format for no feature the CLI uses.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minillama.model.config import ModelConfig
+from minillama.model.config import PRESETS, ModelConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,11 +43,16 @@ class ModelSection:
                                    default_factory=dict)
 
     def build(self, vocab_size: int | None = None, **token_ids: int | None) -> ModelConfig:
-        """The ModelConfig: preset, then overrides, then the tokenizer's vocabulary and ids."""
-        extra = {k: v for k, v in token_ids.items() if v is not None}
+        """The ModelConfig: the preset, then the tokenizer's vocabulary and special token ids, then
+        the overrides. A `vocab_size` override may pad the tokenizer's vocabulary, never cut it."""
+        tokenizer = {k: v for k, v in token_ids.items() if v is not None}
         if vocab_size is not None:
-            extra["vocab_size"] = vocab_size
-        return ModelConfig.from_preset(self.preset, **{**self.overrides, **extra})
+            tokenizer["vocab_size"] = vocab_size
+            wanted = self.overrides.get("vocab_size")
+            if wanted is not None and wanted < vocab_size:
+                raise ValueError(f"model.vocab_size {wanted} is smaller than the tokenizer's {vocab_size} tokens; "
+                                 f"leave model.vocab_size out (or at least {vocab_size})")
+        return ModelConfig.from_preset(self.preset, **{**tokenizer, **self.overrides})
 
 
 @dataclass
@@ -57,6 +66,8 @@ class DataSection:
     batch_size: int = _f(4, "windows per micro-batch (per process)")
     loader: str = _f("random", "random: random windows; sequential: epochs in file order",
                      choices=("random", "sequential"))
+    utf8_errors: str = _f("strict", "text that is not valid UTF-8 (or a JSON lone surrogate): strict stops with "
+                                    "the file and line; replace reads it as U+FFFD", choices=("strict", "replace"))
 
 
 @dataclass
@@ -137,6 +148,7 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
+        """Check every setting, the model's shape included, before any data or tokenizer work."""
         positive = {"data.seq_len": self.data.seq_len, "data.batch_size": self.data.batch_size,
                     "optim.grad_accum": self.optim.grad_accum, "run.eval_interval": self.run.eval_interval,
                     "run.log_interval": self.run.log_interval, "run.keep_last": self.run.keep_last,
@@ -154,6 +166,12 @@ class TrainConfig:
             value = getattr(self.budget, name)
             if value is not None and value <= 0:
                 raise ValueError(f"budget.{name} must be positive, got {value}")
+        # The shape (its vocabulary comes from the tokenizer later; any size passes here).
+        vocab = self.model.overrides.get("vocab_size") or 2**31 - 1
+        try:
+            ModelConfig.from_preset(self.model.preset, **{**self.model.overrides, "vocab_size": vocab})
+        except ValueError as exc:
+            raise ValueError(f"model: {exc}") from None
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -215,6 +233,8 @@ def set_field(config: TrainConfig, dotted: str, value: Any) -> None:
             raise ValueError(f"unknown model setting {key!r}; use a ModelConfig field such as hidden_size")
         section.overrides[key] = _convert(value, kinds[key], dotted)
         return
+    if dotted == "model.preset" and value not in PRESETS:
+        raise ValueError(f"model.preset {value!r} is unknown; choose one of {', '.join(PRESETS)}")
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:
         raise ValueError(f"unknown setting {dotted!r}; {section_name} has {', '.join(fields)}")
@@ -228,28 +248,48 @@ def set_field(config: TrainConfig, dotted: str, value: Any) -> None:
     setattr(section, key, converted)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
-    """One `--section.key` option per field, its help from the field's metadata."""
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None,
+                         exclude: tuple[str, ...] = ()) -> None:
+    """One `--section.key` option per field (and `--model.FIELD` per ModelConfig field), its help
+    from the field's metadata; `exclude` leaves out settings the command spells its own way."""
     defaults = defaults or TrainConfig()
+    parser.usage = f"{parser.prog} [options] [--config FILE] [--SECTION.KEY VALUE ...]"
     parser.add_argument("--config", help="a TOML file with [model] [data] [optim] [budget] [run] sections")
     for section in dataclasses.fields(defaults):
-        group = parser.add_argument_group(f"[{section.name}]")
+        description = "the preset, then any ModelConfig field as --model.FIELD" if section.name == "model" else None
+        group = parser.add_argument_group(f"[{section.name}]", description)
         values = getattr(defaults, section.name)
+        fields = [f for f in dataclasses.fields(values) if f.name != "overrides"]
         kinds = field_kinds(type(values))
-        for f in dataclasses.fields(values):
-            if f.name == "overrides":
+        if section.name == "model":  # the preset, then every ModelConfig field
+            fields += dataclasses.fields(ModelConfig)
+            kinds |= field_kinds(ModelConfig)
+        for f in fields:
+            name = f"{section.name}.{f.name}"
+            if name in exclude:
                 continue
-            default = getattr(values, f.name)
-            group.add_argument(f"--{section.name}.{f.name}", dest=f"{section.name}.{f.name}",
-                               default=argparse.SUPPRESS, metavar=kinds[f.name].__name__.upper(),
-                               help=f"{f.metadata['help']} (default: {default})")
-    parser.add_argument("--model.FIELD", dest="_model_field_help", default=argparse.SUPPRESS,
-                        metavar="VALUE", help="any ModelConfig field, e.g. --model.num_hidden_layers 8")
+            default = getattr(values, f.name, None)
+            shown = "from the preset" if section.name == "model" and f.name != "preset" else default
+            group.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS,
+                               metavar=kinds[f.name].__name__.upper(),
+                               help=f"{f.metadata['help']} (default: {shown})")
+
+
+def explain_unknown(options: list[str]) -> str | None:
+    """Why the first unknown `--section.key` option is unknown (e.g. a misspelt model field)."""
+    for option in options:
+        if option.startswith("--") and "." in option:
+            try:
+                set_field(TrainConfig(), option[2:].partition("=")[0], None)
+            except ValueError as exc:
+                return str(exc)
+    return None
 
 
 def config_from_args(args: argparse.Namespace, unknown: list[str] | None = None,
                      defaults: TrainConfig | None = None) -> TrainConfig:
-    """Defaults, then the TOML file, then command-line overrides (`unknown` holds --model.X pairs)."""
+    """Defaults, then the TOML file, then command-line overrides (`--section.key` values in `args`,
+    or left over in `unknown` as `--section.key value` pairs)."""
     config = TrainConfig.from_dict(dataclasses.asdict(defaults)) if defaults else TrainConfig()
     if getattr(args, "config", None):
         for section, values in load_toml(args.config).items():

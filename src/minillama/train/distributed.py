@@ -23,20 +23,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from minillama.device import resolve_device
+
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested != "auto":
-        device = torch.device(requested)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"run.device is {requested} but CUDA is not available; use --run.device cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass

@@ -22,18 +22,22 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str = "tinystori
     in training), its perplexity, and bits per UTF-8 byte of the text, which does not depend on
     the tokenizer. A named dataset uses `split`; a file path is evaluated whole."""
     from minillama.data import load_documents, windows_of
+    from minillama.device import resolve_device
     from minillama.model import MiniLlama
-    from minillama.tokenizer import Tokenizer
-    from minillama.train.distributed import resolve_device
+    from minillama.tokenizer import Tokenizer, check_tokenizer_matches
+    from minillama.train.checkpoint import resolve_checkpoint
     from minillama.train.loop import evaluate_batches
 
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint)
     target = resolve_device(device)
     model = MiniLlama.from_pretrained(checkpoint, device=target).eval()
+    context = model.config.max_position_embeddings
+    if seq_len is not None and seq_len > context:
+        raise MiniLlamaError(f"windows of {seq_len} tokens are longer than the model's context "
+                             f"(max_position_embeddings {context}); its loss there would mean nothing",
+                             remedy=("seq_len", str(context), "evaluate within it"))
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir or checkpoint)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise MiniLlamaError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                             f"{model.config.vocab_size}; pass the tokenizer the model was trained with")
+    check_tokenizer_matches(tokenizer, model.config.vocab_size, checkpoint)
     is_path = Path(str(dataset)).exists()
     documents = list(load_documents(dataset, "train" if is_path else split))
     if not documents:
@@ -41,7 +45,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str = "tinystori
     eos = tokenizer.eos_token_id
     ids = [token for encoded in tokenizer.encode_batch(documents) for token in (*encoded, eos)]
     tokens = np.asarray(ids, dtype=np.int64)
-    seq_len = min(seq_len or model.config.max_position_embeddings, len(tokens) - 1)
+    seq_len = min(seq_len or context, len(tokens) - 1)
     with torch.no_grad():
         loss, predicted = evaluate_batches(model, windows_of(tokens, batch_size, seq_len), target)
     text_bytes = sum(len(doc.encode("utf-8")) for doc in documents)

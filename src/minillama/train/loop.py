@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from minillama.errors import MiniLlamaError
+from minillama.errors import CheckpointError, MiniLlamaError
+from minillama.files import DirectoryLock
 from minillama.model import MiniLlama, ModelConfig
 from minillama.train import checkpoint as ckpt
 from minillama.train.config import TrainConfig
@@ -32,6 +34,9 @@ from minillama.train.optim import build_optimizer, learning_rate
 from minillama.train.perf import cpu_has_native_bf16, peak_flops
 
 log = logging.getLogger(__name__)
+# Model settings that change how it runs, not what it is: a checkpoint resumes under other values.
+RUNTIME_MODEL_SETTINGS = ("attn_implementation",)
+_NEW_OUT_DIR = ("out_dir", "NEW_DIR", "start elsewhere")
 CALIBRATION_STEPS = (5, 20)  # steps timed to turn a wall-clock budget into a step count
 
 
@@ -76,11 +81,12 @@ class TrainingResult:
     step: int
     tokens: int
     train_loss: float | None
-    val_loss: float | None
+    val_loss: float | None  # the last evaluation's, made at step `val_step`
     best_val_loss: float | None
     checkpoint: Path | None
     stopped_by: str  # "budget" | "interrupted"
     seconds: float
+    val_step: int | None = None
 
 
 def pretraining_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
@@ -104,20 +110,26 @@ def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
 
 
 class Trainer:
-    """Runs `config` on `model` with batches from `train_batches`; `evaluate(model) -> val loss`."""
+    """Runs `config` on `model` with batches from `train_batches`; `evaluate(model) -> val loss`.
+
+    The run directory is this process's alone while it trains: `lock` is the caller's hold on it
+    (`checkpoint.claim_run_directory`), else the Trainer claims it and lets go when `fit` ends.
+    """
 
     def __init__(self, config: TrainConfig, model: MiniLlama, train_batches: BatchIterator,
                  evaluate: Callable[[nn.Module], float] | None, dist: Distributed,
                  batch_loss: Callable[..., torch.Tensor] = pretraining_loss,
                  tokens_per_batch: int | None = None, tokenizer_dir: Path | None = None,
-                 extra_state: dict[str, Any] | None = None, model_files: ModelFiles | None = None):
+                 extra_state: dict[str, Any] | None = None, model_files: ModelFiles | None = None,
+                 lock: DirectoryLock | None = None):
         config = dataclasses.replace(config, budget=config.budget.resolved())
         self.config, self.dist, self.batches = config, dist, train_batches
         self.evaluate_fn, self.batch_loss = evaluate, batch_loss
         self.out_dir = Path(config.run.out_dir)
         self.checkpoints = self.out_dir / "checkpoints"
-        if dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.lock, self._owns_lock = lock, lock is None and dist.is_main
+        if self._owns_lock:
+            self.lock = ckpt.claim_run_directory(self.out_dir)
         self.tokenizer_dir = tokenizer_dir
         self.extra_state = extra_state or {}
         self.device = dist.device
@@ -130,7 +142,14 @@ class Trainer:
         self.total_steps: int | None = None
         self.best_val_loss: float | None = None
         self.last_val_loss: float | None = None
-        self._resume()
+        self.last_val_step: int | None = None
+        self.run_id = uuid.uuid4().hex  # names this run's checkpoints (kept across resumes)
+        self._verified: set[Path] = set()  # checkpoints known to verify, for pruning
+        try:
+            self._resume()
+        except BaseException:
+            self._let_go()
+            raise
         self.saved_step = self.step  # a resumed step is already saved
         self.wrapped = dist.wrap(model, config.run.parallel, compile=config.run.compile)
         self.optimizer = build_optimizer(model, config.optim, self.device.type)
@@ -139,27 +158,82 @@ class Trainer:
             self._restore_rng(self._resumed.tensors)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
 
+    def _let_go(self) -> None:
+        if self._owns_lock:
+            self.lock.release()
+
     # ---- resume ----------------------------------------------------------------------------
     def _resume(self) -> None:
+        """Continue the run in out_dir (resume auto), start afresh in an unused one (never), or
+        start from a given checkpoint. Never mixes two runs in one directory."""
         self._resumed = None
         mode = self.config.run.resume
+        latest = ckpt.read_pointer(self.checkpoints, "latest") or next(iter(ckpt.list_checkpoints(self.checkpoints)),
+                                                                      None)
         if mode == "never":
+            if latest is not None:
+                raise MiniLlamaError(f"{self.out_dir} already holds a run (up to {latest.name}) and run.resume is "
+                                     "never: a new run there would mix with it; continue it with run.resume auto, "
+                                     "or start afresh in a new directory", remedy=_NEW_OUT_DIR)
             return
         if mode == "auto":
             loaded = ckpt.load_latest_good(self.checkpoints)
         else:
-            loaded = ckpt.load_checkpoint(Path(mode))
+            loaded = ckpt.load_checkpoint(self._resume_path(mode, latest))
         if loaded is None:
             return
-        self.model.load_state_dict(self.model_files.read(loaded.path))
         state = loaded.state
+        self._check_same_model(loaded.path, state)
+        try:
+            self.model.load_state_dict(self.model_files.read(loaded.path))
+        except RuntimeError as exc:  # a checkpoint from before model shapes were saved with it
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise CheckpointError(f"the weights in {loaded.path} do not fit this model ({first}); resume with "
+                                  "the model settings of that run, or start a new run elsewhere",
+                                  remedy=_NEW_OUT_DIR) from None
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.skipped, self.total_steps = state.get("skipped", 0), state.get("total_steps")
         self.best_val_loss, self.last_val_loss = state.get("best_val_loss"), state.get("val_loss")
+        self.last_val_step = state.get("val_step")
+        self.run_id = state.get("run_id") or self.run_id
         self.batches.load_state_dict(state["data"])
         self._resumed = loaded
+        self._check_no_foreign_checkpoints()
         if self.dist.is_main:
             log.info("resuming from %s (step %d, %s tokens)", loaded.path, self.step, f"{self.tokens:,}")
+
+    def _resume_path(self, mode: str, latest: Path | None) -> Path:
+        """The checkpoint `run.resume PATH` names; refused when it would continue another run, or
+        rewind this one, inside a directory that already holds a run."""
+        if not Path(mode).exists():
+            raise MiniLlamaError(f"run.resume {mode!r} is neither auto, never, nor an existing checkpoint "
+                                 "directory (no such path)")
+        path = ckpt.resolve_checkpoint(mode)
+        if latest is not None and path.resolve() != latest.resolve():
+            raise MiniLlamaError(f"{self.out_dir} already holds a run (up to {latest.name}); starting from {path} "
+                                 "there would mix two runs: start from it in a new directory", remedy=_NEW_OUT_DIR)
+        return path
+
+    def _check_same_model(self, path: Path, state: dict[str, Any]) -> None:
+        """The model must have the checkpoint's shape: name the settings that differ."""
+        saved, current = state.get("model_config"), self.model.config.to_dict()
+        if saved is None:
+            return
+        differ = sorted(k for k in saved.keys() | current.keys()
+                        if k not in RUNTIME_MODEL_SETTINGS and saved.get(k) != current.get(k))
+        if differ:
+            was = ", ".join(f"{k}={saved.get(k)}" for k in differ)
+            now = ", ".join(f"{k}={current.get(k)}" for k in differ)
+            raise CheckpointError(f"{path} holds a model with {was}, this run asks for {now}: resume with the same "
+                                  "model settings, or start a new run elsewhere", remedy=_NEW_OUT_DIR)
+
+    def _check_no_foreign_checkpoints(self) -> None:
+        """A step-N directory of something else, beyond the resumed step, would be in the way of a
+        later save: refuse now, not after hours of training."""
+        for path in ckpt.list_checkpoints(self.checkpoints):
+            if ckpt.step_of(path) > self.step and not ckpt.of_run(path, self.run_id):
+                raise CheckpointError(f"{path} is not a checkpoint of this run, and this run would save there; "
+                                      "move it away")
 
     def _restore_rng(self, tensors: dict[str, Any]) -> None:
         torch.set_rng_state(tensors["torch_rng"])
@@ -252,6 +326,7 @@ class Trainer:
             loss = self.evaluate_fn(self.wrapped)
         self.wrapped.train()
         self.last_val_loss = self.dist.mean(torch.tensor(loss, device=self.device))
+        self.last_val_step = self.step
         if self.best_val_loss is None or self.last_val_loss < self.best_val_loss:
             self.best_val_loss = self.last_val_loss
         return self.last_val_loss
@@ -268,16 +343,25 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         state = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "skipped": self.skipped,
-                 "total_steps": self.total_steps, "val_loss": self.last_val_loss,
+                 "total_steps": self.total_steps, "val_loss": self.last_val_loss, "val_step": self.last_val_step,
                  "best_val_loss": self.best_val_loss, "data": self.batches.state_dict(),
-                 "world_size": self.dist.world_size, "config": self.config.to_dict(), **self.extra_state}
+                 "world_size": self.dist.world_size, "run_id": self.run_id, "config": self.config.to_dict(),
+                 "model_config": self.model.config.to_dict(), **self.extra_state}
         path = ckpt.save_checkpoint(self.checkpoints, self.step, self.model_files.write, model_state, tensors,
-                                    state, self.tokenizer_dir, self.config.run.keep_last, self.last_val_loss)
+                                    state, self.tokenizer_dir, self.config.run.keep_last, self.last_val_loss,
+                                    self._verified)
         self.dist.barrier()
         return path
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> TrainingResult:
+        """Train to the budget or a signal, then save; the run directory is let go however it ends."""
+        try:
+            return self._fit()
+        finally:
+            self._let_go()
+
+    def _fit(self) -> TrainingResult:
         run = self.config.run
         metrics = MetricsLog(self.out_dir, self.step, run.tensorboard, run.wandb, self.config.to_dict()) \
             if self.dist.is_main else None
@@ -336,7 +420,7 @@ class Trainer:
             log.info("interrupted at step %d; checkpoint saved in %s; run the same command to resume",
                      self.step, last_path)
         return TrainingResult(self.out_dir, self.step, self.tokens, train_loss, self.last_val_loss,
-                              self.best_val_loss, last_path, stopped_by, self.elapsed)
+                              self.best_val_loss, last_path, stopped_by, self.elapsed, self.last_val_step)
 
     def _periodic(self, metrics: MetricsLog | None) -> None:
         """Evaluate and checkpoint on their intervals, and both at the last step."""

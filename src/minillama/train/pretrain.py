@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 
 import torch
 
+from minillama.errors import MiniLlamaError
+from minillama.files import DirectoryLock
 from minillama.model import MiniLlama, ModelConfig
-from minillama.train.config import TrainConfig
+from minillama.train.checkpoint import claim_run_directory
+from minillama.train.config import DataSection, TrainConfig
 from minillama.train.distributed import Distributed
 from minillama.train.loop import Trainer, TrainingResult, evaluate_batches
 
@@ -31,41 +33,78 @@ def ensure_tokenizer(config: TrainConfig, dist: Distributed) -> Path:
         from minillama.tokenizer import train_tokenizer
 
         log.info("training a %d-token BPE tokenizer into %s", config.data.vocab_size, path)
-        with dataset_text_files(config.data.dataset) as inputs:
-            train_tokenizer(inputs, config.data.vocab_size, list(SPECIAL_TOKENS), path)
+        with dataset_text_files(config.data.dataset, utf8_errors=config.data.utf8_errors) as inputs:
+            train_tokenizer(inputs, config.data.vocab_size, list(SPECIAL_TOKENS), path,
+                            utf8_errors=config.data.utf8_errors)
     dist.barrier()
     return path
 
 
-def ensure_prepared(config: TrainConfig, tokenizer_dir: Path, dist: Distributed) -> tuple[Path, dict]:
-    """Token files for train and val (prepared once; a no-op when they are up to date)."""
-    from minillama.data import prepare_dataset
+def ensure_data(config: TrainConfig, dist: Distributed) -> tuple[Path, Path, dict]:
+    """(tokenizer dir, token files dir, their meta). Token files given as data.prepared are used as
+    they are (never rewritten): with the tokenizer they were made with (data.tokenizer, else the one
+    their meta.json names), checked. Otherwise OUT/data is prepared (a no-op when up to date)."""
+    from minillama.data import check_prepared, prepare_dataset, read_meta
 
-    path = Path(config.data.prepared or Path(config.run.out_dir) / "data")
+    data = config.data
+    if data.prepared and read_meta(data.prepared) is not None:
+        meta = read_meta(data.prepared)
+        tokenizer_dir = Path(data.tokenizer or meta.get("tokenizer_dir", ""))
+        if not (tokenizer_dir / "tokenizer.json").is_file():
+            raise MiniLlamaError(f"the token files in {data.prepared} were made with the tokenizer in "
+                                 f"{tokenizer_dir}, which is gone; pass the tokenizer directory",
+                                 remedy=("tokenizer", "DIR", "name it"))
+        meta = check_prepared(data.prepared, tokenizer_dir)
+        _check_same_dataset(data, meta)
+        log.info("training on the token files in %s (%s)", data.prepared, meta.get("source"))
+        return tokenizer_dir, Path(data.prepared), meta
+    tokenizer_dir = ensure_tokenizer(config, dist)
+    path = Path(data.prepared or Path(config.run.out_dir) / "data")
     if dist.is_main:
-        prepare_dataset(tokenizer_dir, config.data.dataset, path, val_dataset=config.data.val_dataset,
-                        progress=config.run.progress)
+        prepare_dataset(tokenizer_dir, data.dataset, path, val_dataset=data.val_dataset,
+                        progress=config.run.progress, utf8_errors=data.utf8_errors)
     dist.barrier()
-    return path, json.loads((path / "meta.json").read_text())
+    return tokenizer_dir, path, read_meta(path)
+
+
+def _check_same_dataset(data: DataSection, meta: dict) -> None:
+    """A dataset named besides prepared token files must be the one they hold (the default name
+    just means "whatever they hold")."""
+    if data.dataset == DataSection().dataset:
+        return
+    from minillama.data import resolve_dataset
+
+    source = resolve_dataset(data.dataset, utf8_errors=data.utf8_errors)[0]
+    if source.fingerprint() != meta["inputs"].get("train_data"):
+        raise MiniLlamaError(f"{data.prepared} holds token files of {meta.get('source')}, not of {data.dataset}; "
+                             "leave data.dataset out to train on them, or prepare the dataset into another "
+                             "directory")
 
 
 def build_model_config(config: TrainConfig, tokenizer_dir: Path) -> ModelConfig:
     from minillama.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-    return config.model.build(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id,
-                              bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model_config = config.model.build(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id,
+                                      bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if config.data.seq_len > model_config.max_position_embeddings:
+        raise ValueError(f"data.seq_len {config.data.seq_len} is longer than the model's context "
+                         f"(max_position_embeddings {model_config.max_position_embeddings}); lower data.seq_len "
+                         "or raise model.max_position_embeddings")
+    return model_config
 
 
-def pretrain(config: TrainConfig) -> TrainingResult:
-    """Train a language model from scratch (or resume) as `config` says; returns the result."""
+def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> TrainingResult:
+    """Train a language model from scratch (or resume) as `config` says; returns the result.
+    The run directory is locked for the whole run (`lock`: the caller's hold on it, if any)."""
     from minillama.data import TokenLoader
 
     dist = Distributed.from_env(config.run.device, config.run.threads)
+    claimed = None
     try:
-        Path(config.run.out_dir).mkdir(parents=True, exist_ok=True)
-        tokenizer_dir = ensure_tokenizer(config, dist)
-        prepared, meta = ensure_prepared(config, tokenizer_dir, dist)
+        if lock is None and dist.is_main:
+            lock = claimed = claim_run_directory(config.run.out_dir)
+        tokenizer_dir, prepared, meta = ensure_data(config, dist)
         model_config = build_model_config(config, tokenizer_dir)
         torch.manual_seed(config.run.seed)
         model = MiniLlama(model_config)
@@ -82,13 +121,16 @@ def pretrain(config: TrainConfig) -> TrainingResult:
             return evaluate_batches(wrapped, batches, dist.device)[0]
 
         trainer = Trainer(config, model, train_batches, evaluate, dist, tokenizer_dir=tokenizer_dir,
-                          extra_state={"tokenizer_hash": meta.get("tokenizer_hash")})
+                          extra_state={"tokenizer_hash": meta.get("tokenizer_hash")}, lock=lock)
         result = trainer.fit()
         if dist.is_main and result.val_loss is not None:
-            log.info("step %d: val loss %.4f, perplexity %.2f, %.3f bits per byte", result.step,
-                     result.val_loss, math.exp(result.val_loss), bits_per_byte(result.val_loss, meta))
+            at = "" if result.val_step == result.step else f" (the evaluation at step {result.val_step})"
+            log.info("step %d: val loss %.4f, perplexity %.2f, %.3f bits per byte%s", result.step,
+                     result.val_loss, math.exp(result.val_loss), bits_per_byte(result.val_loss, meta), at)
         return result
     finally:
+        if claimed is not None:
+            claimed.release()
         dist.close()
 
 
