@@ -321,3 +321,46 @@ def test_the_serve_command_binds_loopback_and_reads_the_key_from_the_environment
         process.terminate()
         output = process.communicate(timeout=TIMEOUT)[0]
     assert f"http://127.0.0.1:{port}" in output
+
+
+# ---- limits --------------------------------------------------------------------------------------------
+def test_a_body_over_the_limit_gets_413_before_it_is_read(loaded):
+    model, tokenizer = loaded
+    app = create_app(model, tokenizer, ServeConfig(MODEL, max_batch_size=2, max_body_bytes=1000))
+    with LiveServer(app) as live:
+        url = live.base_url + "/v1/completions"
+        big = json.dumps({"model": MODEL, "prompt": "x" * 5000, "max_tokens": 1}).encode()
+        declared = httpx.post(url, content=big, headers={"content-type": "application/json"}, timeout=TIMEOUT)
+        assert declared.status_code == 413 and declared.json()["error"]["code"] == "request_too_large"
+        chunked = httpx.post(url, content=iter([big[:600], big[600:]]), timeout=TIMEOUT,
+                             headers={"content-type": "application/json"})  # no Content-Length
+        assert chunked.status_code == 413
+        small = httpx.post(url, json={"model": MODEL, "prompt": "Hi", "max_tokens": 1}, timeout=TIMEOUT)
+        assert small.status_code == 200
+        assert live.engine.stats.submitted == 1  # only the small request reached the engine
+
+
+def test_a_completion_cut_inside_a_character_ends_before_it(client, loaded):
+    """max_tokens may end between the bytes of one character: those bytes are left out, not shown as
+    U+FFFD (Python's incremental UTF-8 decoder is the reference)."""
+    import codecs
+
+    import torch
+
+    from minillama.generate import generate
+
+    model, tokenizer = loaded
+    for prompt in ("Once upon a time", "The dog", "Lily said", "A big red ball"):
+        ids = tokenizer.encode(prompt)
+        new = generate(model, torch.tensor([ids]), max_new_tokens=80, temperature=0.0,
+                       stop_token_ids=())[0, len(ids):].tolist()
+        cuts = [k for k in range(1, 81) if codecs.getincrementaldecoder("utf-8")("replace").decode(
+            tokenizer.decode_bytes(new[:k])) != tokenizer.decode(new[:k])]
+        if cuts:
+            break
+    assert cuts, "no greedy continuation ends inside a character"
+    response = client.completions.create(model=MODEL, prompt=prompt, max_tokens=cuts[0], temperature=0,
+                                         extra_body={"ignore_eos": True})
+    text = response.choices[0].text
+    assert response.choices[0].finish_reason == "length" and tokenizer.decode(new[:cuts[0]]).endswith("\ufffd")
+    assert text == codecs.getincrementaldecoder("utf-8")("replace").decode(tokenizer.decode_bytes(new[:cuts[0]]))

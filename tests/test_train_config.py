@@ -1,5 +1,6 @@
 """The training configuration: TOML files, dotted overrides, validation, --help."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,30 @@ def test_help_lists_every_field_with_its_doc(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--optim.warmup_steps" in out and "linear warmup steps" in out and "--model.FIELD" in out
+
+
+def test_every_pipeline_flag_reaches_the_config(monkeypatch):
+    """Each `--section.key` the pipeline documents sets that setting, and --out / --minutes are its only
+    spellings of run.out_dir and budget.max_minutes."""
+    monkeypatch.setattr(TrainConfig, "validate", lambda self: None)  # one flag at a time, not a valid whole
+    samples = {"INT": ("3", 3), "FLOAT": ("0.5", 0.5), "BOOL": ("true", True), "DICT": ('{"a": 1}', {"a": 1})}
+    parser = build_parser()
+    pipeline = parser._subparsers._group_actions[0].choices["pipeline"]
+    flags = [a for a in pipeline._actions if "." in a.dest]
+    assert len(flags) > 40
+    for action in flags:
+        section, _, key = action.dest.partition(".")
+        text, value = samples.get(action.metavar, samples["FLOAT"] if action.type is float else (None, None))
+        if text is None:  # a string: one of its choices, or any text
+            fields = {f.name: f for f in dataclasses.fields(getattr(TrainConfig(), section))}
+            choices = fields[key].metadata.get("choices") if key in fields else None
+            text = value = choices[-1] if choices else "somewhere"
+        args, unknown = parser.parse_known_args(["pipeline", action.option_strings[0], text])
+        config = config_from_args(args, unknown)
+        found = getattr(config, section).overrides.get(key) if section == "model" and key != "preset" else \
+            getattr(getattr(config, section), key)
+        assert found == value, action.option_strings
+    assert {a.option_strings[0] for a in flags if a.dest in ("run.out_dir", "budget.max_minutes")} == \
+        {"--out", "--minutes"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pipeline", "--run.out_dir", "x"])

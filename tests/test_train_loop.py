@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -251,3 +252,37 @@ def test_kill_9_at_any_moment_leaves_the_run_resumable(tmp_path, delay):
     assert loaded is not None and loaded.state["step"] >= 1
     result = run(make_config(tmp_path, max_steps=loaded.state["step"] + 2))
     assert result.step == loaded.state["step"] + 2
+
+
+def test_pruning_counts_and_removes_only_this_runs_checkpoints(tmp_path):
+    other = make_config(tmp_path / "other", max_steps=4)
+    run(other)
+    first = make_config(tmp_path / "run", max_steps=8)
+    first.run.keep_last = 1
+    run(first)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    foreign = checkpoints / "step-000002"  # a folder of the user's, named like a checkpoint
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    stray = checkpoints / "step-000003"  # a checkpoint of another run, copied in
+    shutil.copytree(tmp_path / "other" / "checkpoints" / "step-000004", stray)
+    second = make_config(tmp_path / "run", max_steps=16)
+    second.run.keep_last = 1
+    run(second)
+    assert (foreign / "notes.txt").read_text() == "mine" and ckpt.load_checkpoint(stray).state["step"] == 4
+    ours = [p.name for p in ckpt.list_checkpoints(checkpoints) if p not in (foreign, stray)]
+    best = ckpt.read_pointer(checkpoints, "best").name
+    assert ours[0] == "step-000016" and set(ours) == {"step-000016", best}
+
+
+def test_an_interrupted_run_says_which_step_its_validation_loss_is_from(tmp_path):
+    calls = {"n": 0}
+
+    def interrupting(model, batch, smoothing):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the loop stops after this step
+        return pretraining_loss(model, batch, smoothing)
+
+    result = run(make_config(tmp_path, max_steps=100), loss_fn=interrupting)
+    assert (result.stopped_by, result.step, result.val_step) == ("interrupted", 6, 4)

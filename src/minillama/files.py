@@ -156,8 +156,13 @@ def check_output(target: str | os.PathLike, kind: str, *, overwrite: bool = Fals
     if is_own(target) if is_own else output_kind(target) == kind:
         return
     found = output_kind(target)
-    what = f"a minillama {found} directory" if found else "a directory minillama did not write"
-    raise OutputError(f"{target} is {what}, not a {kind} directory; choose another path", remedy=remedy)
+    if found:
+        what = f"is a minillama {found} directory, not a {kind} directory"
+    else:
+        names = sorted(p.name for p in target.iterdir())
+        what = f"holds files that are not a {kind} directory minillama wrote ({', '.join(names[:4])}" + \
+            (", ...)" if len(names) > 4 else ")")
+    raise OutputError(f"{target} {what}; choose another path", remedy=remedy)
 
 
 def _inside(path: Path, directory: Path) -> bool:

@@ -36,6 +36,7 @@ from minillama.data.sources import EOT, Source, resolve_dataset
 from minillama.data.tokenfile import MAGIC, TokenFile, TokenFileWriter, dtype_for_vocab
 from minillama.errors import MiniLlamaError
 from minillama.files import atomic_write_text, check_output, fsync_dir
+from minillama.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -393,14 +394,11 @@ def _encode_to_files(
     chunks, out_dir: Path, dtype: np.dtype, tokenizer_json: Path, eos_id: int, workers: int,
     total_bytes: int | None, progress: bool, description: str,
 ) -> dict:
-    from tqdm.auto import tqdm
-
     writers = {"train": TokenFileWriter(out_dir / TRAIN_FILE, dtype)}
     try:
         writers["val"] = TokenFileWriter(out_dir / VAL_FILE, dtype)
         counts = {split: {"documents": 0, "bytes": 0} for split in writers}
-        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress,
-                  mininterval=0.5) as bar:
+        with progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="prepare", enabled=progress) as bar:
             for split, ids, ndocs, nbytes in _encode_chunks(chunks, tokenizer_json, eos_id, workers):
                 writers[split].write(ids)
                 counts[split]["documents"] += ndocs

@@ -27,6 +27,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from minillama.errors import MiniLlamaError
+from minillama.progress import progress_bar
 from minillama.tokenizer.pretokenize import (
     SpecialSplitter,
     as_path_list,
@@ -174,10 +175,7 @@ def _pool_context():
 
 
 def _progress_bar(enabled: bool, **kwargs):
-    from tqdm.auto import tqdm
-
-    # enabled: shown on a terminal only (tqdm's disable=None); file=stderr keeps stdout clean.
-    return tqdm(disable=None if enabled else True, leave=False, file=sys.stderr, **kwargs)
+    return progress_bar(enabled=enabled, leave=False, **kwargs)
 
 
 # Steps 2 and 3: merges -------------------------------------------------------------------------------

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minillama.errors import CheckpointError, OutputError
+from minillama.errors import CheckpointError, MiniLlamaError, OutputError
 from minillama.files import DirectoryLock, atomic_directory, atomic_write_text, output_kind, verify_manifest
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d+)$")
 RUN_MARKERS = (DirectoryLock.NAME, "checkpoints", "metrics.jsonl")  # what only a run directory holds
+NEW_OUT_DIR = ("out_dir", "NEW_DIR", "start elsewhere")  # the remedy for a run that cannot go on here
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -104,6 +105,30 @@ def claim_run_directory(out_dir: str | Path) -> DirectoryLock:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / m).exists() for m in RUN_MARKERS):
         raise OutputError(f"{out_dir} is not empty and holds no minillama run; choose a new run directory")
     return DirectoryLock(out_dir).acquire()
+
+
+def resume_source(out_dir: str | Path, mode: str) -> Path | str | None:
+    """What `run.resume` means for the run in `out_dir`: "auto" (its newest good checkpoint, if
+    any), None (start afresh: "never"), or the checkpoint directory to start from (a path). Refused
+    when it would mix two runs in one directory, or names nothing."""
+    checkpoints = Path(out_dir) / "checkpoints"
+    latest = read_pointer(checkpoints, "latest") or next(iter(list_checkpoints(checkpoints)), None)
+    if mode == "auto":
+        return "auto"
+    if mode == "never":
+        if latest is not None:
+            raise MiniLlamaError(f"{out_dir} already holds a run (up to {latest.name}) and run.resume is never: a "
+                                 "new run there would mix with it; continue it with run.resume auto, or start "
+                                 "afresh in a new directory", remedy=NEW_OUT_DIR)
+        return None
+    if not Path(mode).exists():
+        raise MiniLlamaError(f"run.resume {mode!r} is neither auto, never, nor an existing checkpoint directory "
+                             "(no such path)")
+    path = resolve_checkpoint(mode)
+    if latest is not None and path.resolve() != latest.resolve():
+        raise MiniLlamaError(f"{out_dir} already holds a run (up to {latest.name}); starting from {path} there "
+                             "would mix two runs: start from it in a new directory", remedy=NEW_OUT_DIR)
+    return path
 
 
 def list_checkpoints(checkpoints: Path) -> list[Path]:

@@ -38,7 +38,7 @@ def _f(default: Any, help: str, **kwargs: Any) -> Any:
 
 @dataclass
 class ModelSection:
-    preset: str = _f("tiny", "named shape: debug, tiny, stories15M, stories42M, stories110M, tinyllm")
+    preset: str = _f("tiny", "named shape (see `minillama model presets`)", choices=tuple(PRESETS))
     overrides: dict[str, Any] = _f(None, "ModelConfig fields to change, e.g. --model.hidden_size 512",
                                    default_factory=dict)
 
@@ -233,8 +233,6 @@ def set_field(config: TrainConfig, dotted: str, value: Any) -> None:
             raise ValueError(f"unknown model setting {key!r}; use a ModelConfig field such as hidden_size")
         section.overrides[key] = _convert(value, kinds[key], dotted)
         return
-    if dotted == "model.preset" and value not in PRESETS:
-        raise ValueError(f"model.preset {value!r} is unknown; choose one of {', '.join(PRESETS)}")
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:
         raise ValueError(f"unknown setting {dotted!r}; {section_name} has {', '.join(fields)}")

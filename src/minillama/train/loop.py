@@ -26,6 +26,7 @@ from torch import nn
 from minillama.errors import CheckpointError, MiniLlamaError
 from minillama.files import DirectoryLock
 from minillama.model import MiniLlama, ModelConfig
+from minillama.progress import progress_bar
 from minillama.train import checkpoint as ckpt
 from minillama.train.config import TrainConfig
 from minillama.train.distributed import Distributed
@@ -36,7 +37,6 @@ from minillama.train.perf import cpu_has_native_bf16, peak_flops
 log = logging.getLogger(__name__)
 # Model settings that change how it runs, not what it is: a checkpoint resumes under other values.
 RUNTIME_MODEL_SETTINGS = ("attn_implementation",)
-_NEW_OUT_DIR = ("out_dir", "NEW_DIR", "start elsewhere")
 CALIBRATION_STEPS = (5, 20)  # steps timed to turn a wall-clock budget into a step count
 
 
@@ -167,19 +167,10 @@ class Trainer:
         """Continue the run in out_dir (resume auto), start afresh in an unused one (never), or
         start from a given checkpoint. Never mixes two runs in one directory."""
         self._resumed = None
-        mode = self.config.run.resume
-        latest = ckpt.read_pointer(self.checkpoints, "latest") or next(iter(ckpt.list_checkpoints(self.checkpoints)),
-                                                                      None)
-        if mode == "never":
-            if latest is not None:
-                raise MiniLlamaError(f"{self.out_dir} already holds a run (up to {latest.name}) and run.resume is "
-                                     "never: a new run there would mix with it; continue it with run.resume auto, "
-                                     "or start afresh in a new directory", remedy=_NEW_OUT_DIR)
+        source = ckpt.resume_source(self.out_dir, self.config.run.resume)
+        if source is None:
             return
-        if mode == "auto":
-            loaded = ckpt.load_latest_good(self.checkpoints)
-        else:
-            loaded = ckpt.load_checkpoint(self._resume_path(mode, latest))
+        loaded = ckpt.load_latest_good(self.checkpoints) if source == "auto" else ckpt.load_checkpoint(source)
         if loaded is None:
             return
         state = loaded.state
@@ -190,7 +181,7 @@ class Trainer:
             first = str(exc).strip().splitlines()[-1].strip()
             raise CheckpointError(f"the weights in {loaded.path} do not fit this model ({first}); resume with "
                                   "the model settings of that run, or start a new run elsewhere",
-                                  remedy=_NEW_OUT_DIR) from None
+                                  remedy=ckpt.NEW_OUT_DIR) from None
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.skipped, self.total_steps = state.get("skipped", 0), state.get("total_steps")
         self.best_val_loss, self.last_val_loss = state.get("best_val_loss"), state.get("val_loss")
@@ -201,18 +192,6 @@ class Trainer:
         self._check_no_foreign_checkpoints()
         if self.dist.is_main:
             log.info("resuming from %s (step %d, %s tokens)", loaded.path, self.step, f"{self.tokens:,}")
-
-    def _resume_path(self, mode: str, latest: Path | None) -> Path:
-        """The checkpoint `run.resume PATH` names; refused when it would continue another run, or
-        rewind this one, inside a directory that already holds a run."""
-        if not Path(mode).exists():
-            raise MiniLlamaError(f"run.resume {mode!r} is neither auto, never, nor an existing checkpoint "
-                                 "directory (no such path)")
-        path = ckpt.resolve_checkpoint(mode)
-        if latest is not None and path.resolve() != latest.resolve():
-            raise MiniLlamaError(f"{self.out_dir} already holds a run (up to {latest.name}); starting from {path} "
-                                 "there would mix two runs: start from it in a new directory", remedy=_NEW_OUT_DIR)
-        return path
 
     def _check_same_model(self, path: Path, state: dict[str, Any]) -> None:
         """The model must have the checkpoint's shape: name the settings that differ."""
@@ -225,7 +204,7 @@ class Trainer:
             was = ", ".join(f"{k}={saved.get(k)}" for k in differ)
             now = ", ".join(f"{k}={current.get(k)}" for k in differ)
             raise CheckpointError(f"{path} holds a model with {was}, this run asks for {now}: resume with the same "
-                                  "model settings, or start a new run elsewhere", remedy=_NEW_OUT_DIR)
+                                  "model settings, or start a new run elsewhere", remedy=ckpt.NEW_OUT_DIR)
 
     def _check_no_foreign_checkpoints(self) -> None:
         """A step-N directory of something else, beyond the resumed step, would be in the way of a
@@ -441,10 +420,8 @@ class Trainer:
             metrics.plot()
 
     def _progress_bar(self):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self._schedule_steps(), initial=self.step, unit="step", dynamic_ncols=True,
-                    disable=not (self.config.run.progress and self.dist.is_main), desc="train")
+        return progress_bar(total=self._schedule_steps(), initial=self.step, unit="step", desc="train",
+                            enabled=self.config.run.progress and self.dist.is_main)
 
 
 class _SignalFlag:

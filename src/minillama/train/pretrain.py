@@ -11,7 +11,7 @@ import torch
 from minillama.errors import MiniLlamaError
 from minillama.files import DirectoryLock
 from minillama.model import MiniLlama, ModelConfig
-from minillama.train.checkpoint import claim_run_directory
+from minillama.train import checkpoint as ckpt
 from minillama.train.config import DataSection, TrainConfig
 from minillama.train.distributed import Distributed
 from minillama.train.loop import Trainer, TrainingResult, evaluate_batches
@@ -41,25 +41,25 @@ def ensure_tokenizer(config: TrainConfig, dist: Distributed) -> Path:
 
 
 def ensure_data(config: TrainConfig, dist: Distributed) -> tuple[Path, Path, dict]:
-    """(tokenizer dir, token files dir, their meta). Token files given as data.prepared are used as
-    they are (never rewritten): with the tokenizer they were made with (data.tokenizer, else the one
-    their meta.json names), checked. Otherwise OUT/data is prepared (a no-op when up to date)."""
+    """(tokenizer dir, token files dir, their meta). Token files that are the user's (data.prepared)
+    or that this run has trained on (OUT/data once it has checkpoints) are used as they are, never
+    rewritten: checked against their tokenizer (data.tokenizer, OUT/tokenizer, or the one their
+    meta.json names). Otherwise OUT/data is prepared (a no-op when up to date)."""
     from minillama.data import check_prepared, prepare_dataset, read_meta
 
-    data = config.data
-    if data.prepared and read_meta(data.prepared) is not None:
-        meta = read_meta(data.prepared)
-        tokenizer_dir = Path(data.tokenizer or meta.get("tokenizer_dir", ""))
+    data, out = config.data, Path(config.run.out_dir)
+    path = Path(data.prepared or out / "data")
+    trained_on = not data.prepared and ckpt.list_checkpoints(out / "checkpoints")
+    if (data.prepared or trained_on) and read_meta(path) is not None:
+        meta = read_meta(path)
+        tokenizer_dir = Path(data.tokenizer or (out / "tokenizer" if trained_on else meta.get("tokenizer_dir", "")))
         if not (tokenizer_dir / "tokenizer.json").is_file():
-            raise MiniLlamaError(f"the token files in {data.prepared} were made with the tokenizer in "
-                                 f"{tokenizer_dir}, which is gone; pass the tokenizer directory",
-                                 remedy=("tokenizer", "DIR", "name it"))
-        meta = check_prepared(data.prepared, tokenizer_dir)
-        _check_same_dataset(data, meta)
-        log.info("training on the token files in %s (%s)", data.prepared, meta.get("source"))
-        return tokenizer_dir, Path(data.prepared), meta
+            raise MiniLlamaError(f"the token files in {path} were made with the tokenizer in {tokenizer_dir}, "
+                                 "which is gone; pass the tokenizer directory", remedy=("tokenizer", "DIR", "name it"))
+        meta = check_prepared(path, tokenizer_dir)
+        _check_same_dataset(data, meta, path)
+        return tokenizer_dir, path, meta
     tokenizer_dir = ensure_tokenizer(config, dist)
-    path = Path(data.prepared or Path(config.run.out_dir) / "data")
     if dist.is_main:
         prepare_dataset(tokenizer_dir, data.dataset, path, val_dataset=data.val_dataset,
                         progress=config.run.progress, utf8_errors=data.utf8_errors)
@@ -67,18 +67,18 @@ def ensure_data(config: TrainConfig, dist: Distributed) -> tuple[Path, Path, dic
     return tokenizer_dir, path, read_meta(path)
 
 
-def _check_same_dataset(data: DataSection, meta: dict) -> None:
-    """A dataset named besides prepared token files must be the one they hold (the default name
-    just means "whatever they hold")."""
+def _check_same_dataset(data: DataSection, meta: dict, path: Path) -> None:
+    """A dataset named besides token files used as they are must be the one they hold (the default
+    name just means "whatever they hold")."""
     if data.dataset == DataSection().dataset:
         return
     from minillama.data import resolve_dataset
 
     source = resolve_dataset(data.dataset, utf8_errors=data.utf8_errors)[0]
     if source.fingerprint() != meta["inputs"].get("train_data"):
-        raise MiniLlamaError(f"{data.prepared} holds token files of {meta.get('source')}, not of {data.dataset}; "
-                             "leave data.dataset out to train on them, or prepare the dataset into another "
-                             "directory")
+        raise MiniLlamaError(f"{path} holds token files of {meta.get('source')}, not of {data.dataset}; leave "
+                             "data.dataset out to train on them, or train on the new data in a new directory",
+                             remedy=ckpt.NEW_OUT_DIR)
 
 
 def build_model_config(config: TrainConfig, tokenizer_dir: Path) -> ModelConfig:
@@ -103,9 +103,12 @@ def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> Training
     claimed = None
     try:
         if lock is None and dist.is_main:
-            lock = claimed = claim_run_directory(config.run.out_dir)
+            lock = claimed = ckpt.claim_run_directory(config.run.out_dir)
+        ckpt.resume_source(config.run.out_dir, config.run.resume)  # refused before any data work
         tokenizer_dir, prepared, meta = ensure_data(config, dist)
         model_config = build_model_config(config, tokenizer_dir)
+        if config.data.prepared:
+            log.info("training on the token files in %s (%s)", prepared, meta.get("source"))
         torch.manual_seed(config.run.seed)
         model = MiniLlama(model_config)
         if config.run.gradient_checkpointing:
