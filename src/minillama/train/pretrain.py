@@ -82,16 +82,27 @@ def _check_same_dataset(data: DataSection, meta: dict, path: Path) -> None:
 
 
 def build_model_config(config: TrainConfig, tokenizer_dir: Path) -> ModelConfig:
+    """The model's shape: the preset and overrides, with the tokenizer's vocabulary and ids."""
     from minillama.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-    model_config = config.model.build(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id,
-                                      bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
-    if config.data.seq_len > model_config.max_position_embeddings:
+    return config.model.build(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id,
+                              bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def check_before_work(config: TrainConfig) -> None:
+    """What can be refused before any tokenizer or data work: windows longer than the model's
+    context, a dataset that does not exist or cannot be read, a resume that would mix runs."""
+    from minillama.data import resolve_dataset
+
+    context = config.model.build().max_position_embeddings  # positions do not depend on the tokenizer
+    if config.data.seq_len > context:
         raise ValueError(f"data.seq_len {config.data.seq_len} is longer than the model's context "
-                         f"(max_position_embeddings {model_config.max_position_embeddings}); lower data.seq_len "
-                         "or raise model.max_position_embeddings")
-    return model_config
+                         f"(max_position_embeddings {context}); lower data.seq_len or raise "
+                         "model.max_position_embeddings")
+    if not config.data.prepared:
+        resolve_dataset(config.data.dataset, utf8_errors=config.data.utf8_errors)
+    ckpt.resume_source(config.run.out_dir, config.run.resume)
 
 
 def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> TrainingResult:
@@ -102,9 +113,9 @@ def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> Training
     dist = Distributed.from_env(config.run.device, config.run.threads)
     claimed = None
     try:
+        check_before_work(config)
         if lock is None and dist.is_main:
             lock = claimed = ckpt.claim_run_directory(config.run.out_dir)
-        ckpt.resume_source(config.run.out_dir, config.run.resume)  # refused before any data work
         tokenizer_dir, prepared, meta = ensure_data(config, dist)
         model_config = build_model_config(config, tokenizer_dir)
         if config.data.prepared:
