@@ -101,3 +101,11 @@ def test_every_pipeline_flag_reaches_the_config(monkeypatch):
         {"--out", "--minutes"}
     with pytest.raises(SystemExit):
         parser.parse_args(["pipeline", "--run.out_dir", "x"])
+
+
+def test_a_vocab_size_override_pads_the_tokenizers_vocabulary_never_cuts_it():
+    config = parse(["--model.preset", "debug", "--model.vocab_size", "320"])
+    assert config.model.build(vocab_size=300, eos_token_id=0).vocab_size == 320  # padded, as asked
+    assert parse(["--model.preset", "debug"]).model.build(vocab_size=300).vocab_size == 300
+    with pytest.raises(ValueError, match="smaller than the tokenizer's 300 tokens"):
+        parse(["--model.preset", "debug", "--model.vocab_size", "200"]).model.build(vocab_size=300)
