@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from minillama.export.classification import read_classifier_dir, save_hf_classifier
+from minillama.export import save_hf as save_hf_classifier
 from minillama.model import MiniLlama, MiniLlamaForSequenceClassification, ModelConfig
 from minillama.model.classification import last_non_pad_index
 
@@ -77,7 +77,7 @@ def test_we_load_a_classifier_that_transformers_wrote(exported, tmp_path):
     with torch.no_grad():
         reference.score.weight.normal_(0, 0.5)
     reference.save_pretrained(tmp_path / "theirs")
-    loaded = read_classifier_dir(tmp_path / "theirs").eval()
+    loaded = MiniLlamaForSequenceClassification.from_pretrained(tmp_path / "theirs").eval()
     assert loaded.labels == LABELS
     ids, mask = padded_batch()
     with torch.no_grad():

@@ -19,6 +19,7 @@ from minillama.data.sources import (
     resolve_dataset,
 )
 from minillama.data.tokenfile import TokenFile, TokenFileWriter, write_token_file
+from minillama.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from minillama.data.loader import TokenLoader, windows_of
@@ -40,12 +41,5 @@ __all__ = [
     "windows_of",
     "write_token_file",
 ]
-
-
-def __getattr__(name: str):
-    # The loader needs torch; importing it lazily keeps `prepare`'s worker processes light.
-    if name in ("TokenLoader", "windows_of"):
-        from minillama.data import loader
-
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The loader needs torch; importing it lazily keeps `prepare`'s worker processes light.
+__getattr__ = lazy_attributes(__name__, {"TokenLoader": "minillama.data.loader", "windows_of": "minillama.data.loader"})

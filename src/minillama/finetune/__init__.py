@@ -4,6 +4,8 @@ PEFT's format, and sequence classification. See docs/finetuning.md.
 The torch-based modules load on first use of their names, so `minillama --help` stays fast.
 """
 
+from minillama.lazy import lazy_attributes
+
 _NAMES = {
     "LoRAConfig": "minillama.finetune.lora",
     "LoRALinear": "minillama.finetune.lora",
@@ -24,11 +26,4 @@ _NAMES = {
 }
 
 __all__ = list(_NAMES)
-
-
-def __getattr__(name: str):
-    if name in _NAMES:
-        import importlib
-
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'minillama.finetune' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _NAMES)  # torch loads on first use

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from minillama.model.config import IGNORE_INDEX
 
 
 @dataclass

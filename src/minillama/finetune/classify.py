@@ -97,14 +97,14 @@ class ClassifierFiles:
     labels: list[str]
 
     def write(self, state: dict[str, torch.Tensor], directory: Path) -> None:
-        from minillama.export.classification import write_classifier_dir
+        from minillama.model.io import write_classifier_dir
 
         write_classifier_dir(self.config, self.labels, state, directory)
 
     def read(self, directory: Path) -> dict[str, torch.Tensor]:
-        from minillama.export.classification import read_classifier_dir
+        from minillama.model import MiniLlamaForSequenceClassification
 
-        return read_classifier_dir(directory).state_dict()
+        return MiniLlamaForSequenceClassification.from_pretrained(directory).state_dict()
 
 
 @dataclass
@@ -189,11 +189,12 @@ def train_classifier(config: TrainConfig, settings: ClassifySettings) -> dict[st
 
 def finish(checkpoint: Path, tokenizer: Any, out_dir: Path, batch_size: int, max_len: int) -> dict[str, Any]:
     """OUT/model from the last checkpoint, and its dev / test scores in OUT/report.json."""
-    from minillama.export.classification import read_classifier_dir, save_hf_classifier
+    from minillama.export import save_hf
     from minillama.files import atomic_write_text
+    from minillama.model import MiniLlamaForSequenceClassification
 
-    model = read_classifier_dir(checkpoint).eval()
-    save_hf_classifier(model, out_dir / "model", tokenizer)
+    model = MiniLlamaForSequenceClassification.from_pretrained(checkpoint).eval()
+    save_hf(model, out_dir / "model", tokenizer)
     report: dict[str, Any] = {"model": str(out_dir / "model")}
     for split in ("dev", "test"):
         examples = encode_sentences(tokenizer, sst2_split(split), max_len)
@@ -207,11 +208,11 @@ def evaluate_saved_classifier(model_dir: str | os.PathLike, split: str = "test",
                               device: str = "auto", data: str | None = None) -> dict[str, Any]:
     """Accuracy of a saved classifier on an SST-2 split (or a `label<TAB>sentence` file `data`)."""
     from minillama.device import resolve_device
-    from minillama.export.classification import read_classifier_dir
+    from minillama.model import MiniLlamaForSequenceClassification
     from minillama.tokenizer import Tokenizer
 
     target = resolve_device(device)
-    model = read_classifier_dir(model_dir, device=target).eval()
+    model = MiniLlamaForSequenceClassification.from_pretrained(model_dir, device=target).eval()
     tokenizer = Tokenizer.from_pretrained(model_dir)
     pairs = read_labelled_tsv(data) if data else sst2_split(split)
     examples = encode_sentences(tokenizer, pairs, model.config.max_position_embeddings)

@@ -29,6 +29,7 @@ from torch import nn
 
 from minillama.errors import CheckpointError
 from minillama.files import atomic_directory
+from minillama.model.layout import check_keys
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -235,11 +236,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> LoRAConfig:
     config = read_adapter_config(directory)
     add_lora(model, config)
     weights = read_adapter_weights(directory)
-    expected = {key for key in model.state_dict() if is_adapter_key(key)}
-    if set(weights) != expected:
-        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise CheckpointError(f"the adapters in {directory} do not match the model: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
+    check_keys({key for key in model.state_dict() if is_adapter_key(key)}, set(weights), directory,
+               "the model's adapters")
     model.load_state_dict({**model.state_dict(), **weights})
     return config
 

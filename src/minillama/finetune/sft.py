@@ -19,12 +19,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minillama.errors import MiniLlamaError
-from minillama.finetune.batches import IGNORE_INDEX, Example, ExampleBatches, fixed_batches, pad_batch
+from minillama.finetune.batches import Example, ExampleBatches, fixed_batches, pad_batch
 from minillama.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRAConfig, LoRAFiles, add_lora
+from minillama.model.loss import shift_labels
 from minillama.train.checkpoint import claim_run_directory
 from minillama.train.config import TrainConfig
 from minillama.train.distributed import Distributed
@@ -42,11 +42,6 @@ class SFTSettings:
     val_fraction: float = 0.05  # held out when the data has no validation set of its own
 
 
-def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Unshifted labels (B, T) -> the target of each position (B, T): labels[t + 1], -100 at the end."""
-    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-
-
 def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean next-token cross-entropy over the learned (assistant) tokens of a right-padded batch,
     through the model's fused head + loss (as pretraining).
@@ -54,7 +49,7 @@ def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: 
     The attention mask is not passed: with right padding, causal attention already keeps every real
     token from seeing the pads after it, and pads are labelled -100, so the loss is exactly the
     masked one (tested), while the unmasked path runs the faster causal kernel."""
-    targets = shifted_targets(batch["labels"])
+    targets = shift_labels(batch["labels"])
     return model(batch["input_ids"], targets=targets, label_smoothing=label_smoothing).loss
 
 
@@ -62,7 +57,7 @@ def evaluate_sft(model: nn.Module, examples: list[Example], batch_size: int, pad
                  device: torch.device, max_batches: int | None = None) -> float:
     """Mean loss per learned token over (the first `max_batches` batches of) `examples`."""
     batches = fixed_batches(examples, batch_size, partial(pad_batch, pad_token_id=pad_token_id), max_batches)
-    pairs = ((b["input_ids"], shifted_targets(b["labels"])) for b in batches)
+    pairs = ((b["input_ids"], shift_labels(b["labels"])) for b in batches)
     return evaluate_batches(model, pairs, device)[0]
 
 

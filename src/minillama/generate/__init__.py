@@ -7,6 +7,8 @@
 See docs/generation.md.
 """
 
+from minillama.lazy import lazy_attributes
+
 _NAMES = {
     "beam_search": "minillama.generate.beam",
     "decode_one_token": "minillama.generate.decode",
@@ -30,11 +32,4 @@ _NAMES = {
 }
 
 __all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str):
-    if name in _NAMES:  # torch loads on first use, so `minillama --help` stays fast
-        import importlib
-
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'minillama.generate' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _NAMES)  # torch loads on first use

@@ -9,14 +9,17 @@ Parameter names are transformers' (`model.*`, `score.weight`), so export is a ke
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minillama.model.config import ModelConfig
-from minillama.model.llama import MiniLlama, Transformer
+from minillama.model import io
+from minillama.model.config import ModelConfig, load_config
+from minillama.model.llama import LlamaModel, prepare_attention
 
 
 class SequenceClassifierOutput(NamedTuple):
@@ -39,23 +42,24 @@ def last_non_pad_index(input_ids: torch.Tensor, pad_token_id: int | None) -> tor
 
 
 class MiniLlamaForSequenceClassification(nn.Module):
-    """`Transformer` + a bias-free linear `score` head read at each sequence's last non-pad token.
+    """`LlamaModel` + a bias-free linear `score` head read at each sequence's last non-pad token.
 
-    `labels` are the class names (index = class id). `backbone` is a pretrained `Transformer`
-    (e.g. `MiniLlama.from_pretrained(dir).model`); without one a freshly initialised stack is built.
+    `labels` are the class names (index = class id). `backbone` is a pretrained trunk (e.g.
+    `MiniLlama.from_pretrained(dir).model`); without one a freshly initialised trunk is built.
     """
 
-    def __init__(self, config: ModelConfig, labels: list[str], backbone: Transformer | None = None,
+    def __init__(self, config: ModelConfig, labels: list[str], backbone: LlamaModel | None = None,
                  init: bool = True):
         super().__init__()
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise ValueError(f"a classifier needs at least two distinct labels, got {labels}")
         self.config, self.labels = config, list(labels)
-        # A fresh stack gets the causal LM's initialisation (scaled residual projections).
-        self.model = backbone if backbone is not None else MiniLlama(config, init=init).model
+        self.model = backbone if backbone is not None else LlamaModel(config)
         self.score = nn.Linear(config.hidden_size, len(labels), bias=False,
                                device=self.model.embed_tokens.weight.device)
         if init:
+            if backbone is None:
+                self.model.init_weights()
             nn.init.normal_(self.score.weight, 0.0, config.initializer_range)
 
     @property
@@ -70,8 +74,7 @@ class MiniLlamaForSequenceClassification(nn.Module):
                 label_smoothing: float = 0.0) -> SequenceClassifierOutput:
         """input_ids (B, T); attention_mask (B, T) 1 = token, 0 = padding; labels (B,) class ids.
         Returns logits (B, num_labels) and the mean cross-entropy when labels are given."""
-        # The causal LM's mask and position logic, unchanged (it uses nothing of the LM head).
-        mask, position_ids = MiniLlama._prepare_attention(self, input_ids, attention_mask, position_ids, None)
+        mask, position_ids = prepare_attention(input_ids, attention_mask, position_ids, None)
         hidden = self.model(input_ids, position_ids, mask, None)  # (B, T, C)
         last = last_non_pad_index(input_ids, self.config.pad_token_id)  # (B,)
         pooled = hidden[torch.arange(input_ids.shape[0], device=hidden.device), last]  # (B, C)
@@ -85,8 +88,25 @@ class MiniLlamaForSequenceClassification(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int, training: bool = True) -> float:
-        """The causal LM's FLOPs per token without its vocabulary head (the score head is tiny)."""
+        """The trunk's FLOPs per token (the score head reads one position per sequence)."""
+        return self.model.flops_per_token(seq_len, training)
+
+    # ---- model directories (transformers loads them as LlamaForSequenceClassification) -----------
+    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> None:
+        """config.json (with the labels) + model.safetensors + checksum manifest, atomically."""
+        from minillama.files import atomic_directory
+
+        with atomic_directory(directory, "classifier", overwrite=overwrite) as tmp:
+            io.write_classifier_dir(self.config, self.labels, self.state_dict(), tmp)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
+                        ) -> MiniLlamaForSequenceClassification:
+        """Strictly load a classifier written by `save_pretrained` or by transformers."""
+        directory = Path(directory)
+        config, labels = load_config(directory), io.classifier_labels(directory)
         with torch.device("meta"):
-            causal = MiniLlama(self.config, init=False)
-        head = 2 * causal.lm_head.weight.numel() * (3 if training else 1)
-        return causal.flops_per_token(seq_len, training) - head
+            model = cls(config, labels, init=False)
+        io.load_strictly(model, io.read_state(directory), directory)
+        model.model.rotary_emb.reset_inv_freq()  # a buffer computed from the config, not stored
+        return model.to(device)

@@ -20,6 +20,7 @@ ROPE_TYPES: dict[str, tuple[str, ...]] = {
     "yarn": ("factor",),
 }
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+IGNORE_INDEX = -100  # a label that counts for no loss (transformers' convention): prompts, padding
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
@@ -139,16 +140,6 @@ class ModelConfig:
         """Build from a dict, ignoring keys that are not fields (e.g. a transformers config.json)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> ModelConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:

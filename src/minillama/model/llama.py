@@ -1,9 +1,11 @@
 """A LLaMA / Qwen2 decoder in plain PyTorch, top to bottom like the architecture diagram:
 
     RMSNorm -> rotary embeddings -> attention (GQA, SDPA or eager, KV cache) -> SwiGLU MLP
-    -> pre-norm block -> stack + final norm -> LM head and loss.
+    -> pre-norm block -> stack + final norm (`LlamaModel`) -> LM head and loss (`MiniLlama`).
 
-Parameter names are those of `transformers.LlamaForCausalLM`, so its state dict is ours.
+Parameter names are those of `transformers.LlamaForCausalLM`, so its state dict is ours. Beside
+this file: RoPE's scaling variants (`rope.py`), the KV cache (`cache.py`), the losses (`loss.py`)
+and reading / writing model directories (`io.py`).
 Shapes: B batch, T new tokens, S keys attended to (cache + new), H query heads, K key/value
 heads, D head_dim, C hidden_size, V vocab_size.
 """
@@ -20,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from minillama.model import io
 from minillama.model.cache import KVCache
-from minillama.model.config import ModelConfig
-from minillama.model.loss import linear_cross_entropy
+from minillama.model.config import ModelConfig, load_config
+from minillama.model.loss import causal_lm_loss, linear_cross_entropy
+from minillama.model.rope import rope_inverse_frequencies
 
 
 class RMSNorm(nn.Module):
@@ -43,67 +47,6 @@ class RMSNorm(nn.Module):
 
 
 # ---- Rotary position embeddings ------------------------------------------------------------------
-def rope_inverse_frequencies(config: ModelConfig, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
-    """Per-pair rotation speeds (D/2,) and the cos/sin scale, for each RoPE scaling variant.
-
-    `seq_len` matters only for "dynamic" (NTK-aware) scaling, which raises the base once a
-    sequence is longer than `max_position_embeddings` instead of squeezing positions.
-    """
-    dim, base = config.head_dim, config.rope_theta
-    scaling = config.rope_scaling or {}
-    rope_type = scaling.get("rope_type", "default")
-    factor = scaling.get("factor", 1.0)
-    if rope_type == "dynamic":
-        max_pos = config.max_position_embeddings
-        seq_len = max(seq_len or max_pos, max_pos)
-        base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    if rope_type == "linear":  # position interpolation: positions squeezed by `factor`
-        inv_freq = inv_freq / factor
-    elif rope_type == "llama3":  # long wavelengths squeezed, short kept, a smooth ramp between
-        old_len = scaling["original_max_position_embeddings"]
-        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        is_medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
-        inv_freq = torch.where(is_medium, smoothed, scaled)
-    elif rope_type == "yarn":
-        return _yarn_inverse_frequencies(config, base, factor)
-    return inv_freq, 1.0
-
-
-def _yarn_inverse_frequencies(config: ModelConfig, base: float, factor: float) -> tuple[torch.Tensor, float]:
-    """YaRN: interpolate slow dimensions, extrapolate fast ones, ramp between; rescale attention."""
-    scaling, dim = config.rope_scaling, config.head_dim
-    old_len = scaling["original_max_position_embeddings"]
-
-    def mscale(scale: float, m: float = 1.0) -> float:
-        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
-    attention_factor = scaling.get("attention_factor")
-    if attention_factor is None:
-        if scaling.get("mscale") and scaling.get("mscale_all_dim"):
-            attention_factor = mscale(factor, scaling["mscale"]) / mscale(factor, scaling["mscale_all_dim"])
-        else:
-            attention_factor = mscale(factor)
-
-    def correction_dim(rotations: float) -> float:
-        return (dim * math.log(old_len / (rotations * 2 * math.pi))) / (2 * math.log(base))
-
-    low, high = correction_dim(scaling.get("beta_fast") or 32), correction_dim(scaling.get("beta_slow") or 1)
-    if scaling.get("truncate", True):
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, dim - 1)
-    high = high + 0.001 if low == high else high
-    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
-    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
-    extrapolation = 1 - ramp
-    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
-    return inv_freq, attention_factor
-
-
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for positions, in the `rotate_half` layout (pairs are (i, i + D/2))."""
 
@@ -114,9 +57,9 @@ class RotaryEmbedding(nn.Module):
         self.reset_inv_freq()
 
     def reset_inv_freq(self, device: torch.device | str | None = None) -> None:
-        """(Re)compute the frequencies, e.g. after building the model on the meta device."""
+        """(Re)compute the frequencies (`rope.py`), e.g. after building the model on the meta device."""
         inv_freq, self.scale = rope_inverse_frequencies(self.config)
-        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+        self.register_buffer("inv_freq", torch.from_numpy(inv_freq).to(device), persistent=False)
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +68,7 @@ class RotaryEmbedding(nn.Module):
         if self.dynamic:
             longest = int(position_ids.max()) + 1
             if longest > self.config.max_position_embeddings:
-                inv_freq = rope_inverse_frequencies(self.config, longest)[0].to(inv_freq.device)
+                inv_freq = torch.from_numpy(rope_inverse_frequencies(self.config, longest)[0]).to(inv_freq.device)
         freqs = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
         angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
         return (angles.cos() * self.scale).to(dtype), (angles.sin() * self.scale).to(dtype)
@@ -237,59 +180,18 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class Transformer(nn.Module):
-    """Token embedding, the stack of blocks and the final norm (transformers' `LlamaModel`)."""
+class LlamaModel(nn.Module):
+    """The trunk: token embedding, the stack of blocks and the final norm (transformers'
+    `LlamaModel`), shared by the causal LM and the classifier."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
         self.gradient_checkpointing = False
-
-    def forward(self, input_ids, position_ids, mask, cache, cache_position=None):
-        x = self.embed_tokens(input_ids)  # (B, T, C)
-        cos, sin = self.rotary_emb(position_ids, x.dtype)
-        for layer in self.layers:
-            if self.gradient_checkpointing and self.training:
-                # Recompute the block in backward instead of storing its activations.
-                x = checkpoint(layer, x, cos, sin, mask, cache, cache_position, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, mask, cache, cache_position)
-        return self.norm(x)
-
-
-# ---- The causal language model -------------------------------------------------------------
-class CausalLMOutput(NamedTuple):
-    logits: torch.Tensor | None  # (B, T, V), or (B, logits_to_keep, V); None when trained on `targets`
-    loss: torch.Tensor | None = None
-
-
-def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of logits (B, T, V) against aligned targets (B, T); -100 is ignored."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                           ignore_index=-100, label_smoothing=label_smoothing)
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Next-token loss, transformers' convention: labels (B, T) unshifted, position t predicts
-    labels[t + 1], -100 ignored."""
-    return token_cross_entropy(logits, F.pad(labels, (0, 1), value=-100)[:, 1:], label_smoothing)
-
-
-class MiniLlama(nn.Module):
-    """The causal LM: `Transformer` + LM head (optionally tied to the embedding)."""
-
-    def __init__(self, config: ModelConfig, init: bool = True):
-        super().__init__()
-        self.config = config
-        self.model = Transformer(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-        if init:
-            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -305,7 +207,89 @@ class MiniLlama(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
-        self.model.rotary_emb.reset_inv_freq(self.lm_head.weight.device)
+        self.rotary_emb.reset_inv_freq(self.embed_tokens.weight.device)
+
+    def forward(self, input_ids, position_ids, mask, cache, cache_position=None):
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                # Recompute the block in backward instead of storing its activations.
+                x = checkpoint(layer, x, cos, sin, mask, cache, cache_position, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, cache_position)
+        return self.norm(x)
+
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        """Matmul FLOPs per token of the trunk: 2 per weight (the embedding is a lookup) plus
+        attention's QK^T and AV, halved for the causal mask; x3 for training (backward is twice
+        the forward)."""
+        c = self.config
+        weights = sum(p.numel() for p in self.parameters()) - self.embed_tokens.weight.numel()
+        attention = 2 * 2 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len / 2
+        return (3 if training else 1) * (2 * weights + attention)
+
+
+def prepare_attention(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      position_ids: torch.Tensor | None, cache: KVCache | None,
+                      cache_position: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The bool attention mask (B, 1, T, S), or None when plain causal attention is exact, and the
+    positions (B, T). input_ids (B, T); attention_mask (B, T) 1 = token; with left padding,
+    positions count real tokens only. With a cache, past keys are attended too (its growing view,
+    or every slot when `cache_position` (T,) names the slots to write: the fixed-size view)."""
+    B, T = input_ids.shape
+    device = input_ids.device
+    past = cache.length if cache is not None else 0
+    fixed_size = cache_position is not None
+    if cache is not None and not fixed_size and past + T > cache.max_seq_len:
+        raise ValueError(f"the KV cache holds {cache.max_seq_len} tokens; {past} + {T} do not fit, "
+                         "allocate a longer cache")
+    query_slots = cache_position if fixed_size else torch.arange(past, past + T, device=device)  # (T,)
+    key_valid = None  # (B, S): which key slots are real tokens
+    if cache is not None:
+        key_valid = cache.record_mask(attention_mask, T, cache_position)
+    elif attention_mask is not None and not bool(attention_mask.all()):
+        key_valid = attention_mask.bool()
+    if position_ids is None:
+        if key_valid is None:
+            position_ids = query_slots.expand(B, T)
+        else:
+            position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, query_slots]
+    if key_valid is None and not fixed_size and (past == 0 or T == 1):
+        return None, position_ids  # plain causal, or one query that sees every cached key
+    S = cache.max_seq_len if fixed_size else past + T
+    key_slots = torch.arange(S, device=device)
+    allowed = key_slots <= query_slots[:, None]  # (T, S) causal
+    if key_valid is not None:
+        # Padding rows attend to themselves only, so no row is empty (an empty row gives NaN).
+        allowed = allowed & (key_valid[:, None, :] | (key_slots == query_slots[:, None]))
+    return allowed.expand(B, T, S).unsqueeze(1), position_ids
+
+
+# ---- The causal language model -------------------------------------------------------------
+class CausalLMOutput(NamedTuple):
+    logits: torch.Tensor | None  # (B, T, V), or (B, logits_to_keep, V); None when trained on `targets`
+    loss: torch.Tensor | None = None
+
+
+class MiniLlama(nn.Module):
+    """The causal LM: `LlamaModel` + LM head (optionally tied to the embedding)."""
+
+    def __init__(self, config: ModelConfig, init: bool = True):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        if init:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """The trunk's initialisation (`LlamaModel.init_weights`), then the head's."""
+        self.model.init_weights(generator)
+        nn.init.normal_(self.lm_head.weight, 0.0, self.config.initializer_range, generator=generator)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.model.gradient_checkpointing = enabled
@@ -325,7 +309,7 @@ class MiniLlama(nn.Module):
 
         cache_position (T,): write the new keys at these cache slots and attend over all of them
         (the cache's fixed-size view, for a compiled decode step); the caller then advances the cache."""
-        mask, position_ids = self._prepare_attention(input_ids, attention_mask, position_ids, cache, cache_position)
+        mask, position_ids = prepare_attention(input_ids, attention_mask, position_ids, cache, cache_position)
         hidden = self.model(input_ids, position_ids, mask, cache, cache_position)  # (B, T, C)
         if cache is not None and cache_position is None:
             cache.advance(input_ids.shape[1])
@@ -337,37 +321,6 @@ class MiniLlama(nn.Module):
         loss = None if labels is None else causal_lm_loss(logits, labels, label_smoothing)
         return CausalLMOutput(logits, loss)
 
-    def _prepare_attention(self, input_ids, attention_mask, position_ids, cache, cache_position=None):
-        """The bool attention mask (B, 1, T, S), or None when plain causal attention is exact, and
-        the positions (B, T). With left padding, positions count real tokens only."""
-        B, T = input_ids.shape
-        device = input_ids.device
-        past = cache.length if cache is not None else 0
-        fixed_size = cache_position is not None
-        if cache is not None and not fixed_size and past + T > cache.max_seq_len:
-            raise ValueError(f"the KV cache holds {cache.max_seq_len} tokens; {past} + {T} do not fit, "
-                             "allocate a longer cache")
-        query_slots = cache_position if fixed_size else torch.arange(past, past + T, device=device)  # (T,)
-        key_valid = None  # (B, S): which key slots are real tokens
-        if cache is not None:
-            key_valid = cache.record_mask(attention_mask, T, cache_position)
-        elif attention_mask is not None and not bool(attention_mask.all()):
-            key_valid = attention_mask.bool()
-        if position_ids is None:
-            if key_valid is None:
-                position_ids = query_slots.expand(B, T)
-            else:
-                position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, query_slots]
-        if key_valid is None and not fixed_size and (past == 0 or T == 1):
-            return None, position_ids  # plain causal, or one query that sees every cached key
-        S = cache.max_seq_len if fixed_size else past + T
-        key_slots = torch.arange(S, device=device)
-        allowed = key_slots <= query_slots[:, None]  # (T, S) causal
-        if key_valid is not None:
-            # Padding rows attend to themselves only, so no row is empty (an empty row gives NaN).
-            allowed = allowed & (key_valid[:, None, :] | (key_slots == query_slots[:, None]))
-        return allowed.expand(B, T, S).unsqueeze(1), position_ids
-
     # ---- bookkeeping ---------------------------------------------------------------------
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Unique parameters (a tied head counts once); optionally without the token embedding."""
@@ -377,34 +330,30 @@ class MiniLlama(nn.Module):
         return total
 
     def flops_per_token(self, seq_len: int, training: bool = True) -> float:
-        """Matmul FLOPs per token: 2 per weight (head included) plus attention's QK^T and AV,
-        halved for the causal mask; x3 for training (backward is twice the forward)."""
-        c = self.config
-        weights = self.num_parameters(exclude_embeddings=True)
-        if c.tie_word_embeddings:
-            weights += self.lm_head.weight.numel()
-        attention = 2 * 2 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len / 2
-        forward = 2 * weights + attention
-        return 3 * forward if training else forward
+        """The trunk's matmul FLOPs per token (`LlamaModel.flops_per_token`) plus the head's."""
+        head = 2 * self.lm_head.weight.numel() * (3 if training else 1)
+        return self.model.flops_per_token(seq_len, training) + head
 
-    # ---- our checkpoint directories (also loadable by transformers) ----------------------
+    # ---- model directories (transformers loads them too) --------------------------------
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False,
                         inputs: tuple[str | os.PathLike | None, ...] = ()) -> None:
         """Write `config.json` + `model.safetensors` + checksum manifest, atomically. `directory`
         must be new, empty or an earlier model directory (`overwrite` replaces anything else but
         one of `inputs`)."""
-        from minillama.export.hf import write_model_dir
         from minillama.files import atomic_directory
 
         with atomic_directory(directory, "model", overwrite=overwrite, inputs=inputs) as tmp:
-            write_model_dir(self.config, self.state_dict(), tmp)
+            io.write_causal_lm_dir(self.config, self.state_dict(), tmp)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> MiniLlama:
         """Load a directory written by `save_pretrained`, `save_hf` or transformers (Llama/Qwen2).
         Loading is strict and verifies checksums when the directory has them."""
-        from minillama.export.hf import read_model_dir
-
-        return read_model_dir(Path(directory), device=device, dtype=dtype)
-
+        directory = Path(directory)
+        config = load_config(directory)
+        with torch.device("meta"):
+            model = cls(config, init=False)
+        io.load_strictly(model, io.read_state(directory), directory)
+        model.model.rotary_emb.reset_inv_freq()  # a buffer, not stored: computed from the config
+        return model.to(device=device, dtype=dtype) if dtype else model.to(device)

@@ -1,4 +1,5 @@
-"""The LM head and cross-entropy fused, chunk by chunk, for training.
+"""The losses: next-token cross-entropy in transformers' convention, and the LM head and
+cross-entropy fused, chunk by chunk, for training.
 
 `cross_entropy(hidden @ W^T, targets)` materialises (tokens, vocab) logits and their gradient:
 for a batch of 8 x 256 tokens and a 32k vocabulary that is 262 MB each, more memory traffic than
@@ -11,6 +12,28 @@ one-hot, the closed form). Backward only scales the stored gradients. Same resul
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from minillama.model.config import IGNORE_INDEX
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, V) against aligned targets (B, T); IGNORE_INDEX is ignored."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                           ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Unshifted labels (B, T) -> the target of each position (B, T): labels[t + 1], IGNORE_INDEX
+    at the end (nothing follows the last token)."""
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token loss, transformers' convention: labels (B, T) unshifted, position t predicts
+    labels[t + 1], IGNORE_INDEX ignored."""
+    return token_cross_entropy(logits, shift_labels(labels), label_smoothing)
+
 
 # Rows per chunk = this / vocab: 128 MB of float32 logits (256 rows of a 128k vocabulary). Fewer,
 # taller chunks mean fewer passes over the (V, C) weight gradient and taller, faster GEMMs; for
@@ -25,7 +48,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         """hidden (N, C), weight (V, C), targets (N,) -> mean loss over targets != -100."""
         vocab = weight.shape[0]
         rows = max(1, CHUNK_ELEMENTS // vocab)
-        count = (targets != -100).sum().clamp(min=1)
+        count = (targets != IGNORE_INDEX).sum().clamp(min=1)
         w = weight.to(compute_dtype)
         full_precision = compute_dtype == torch.float32  # products land straight in float32 tensors
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -37,7 +60,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], rows):
             h = hidden[start:start + rows].to(compute_dtype)
             t = targets[start:start + rows, None]
-            counted = (t != -100).to(compute_dtype)  # (n, 1): ignored rows get no loss, no gradient
+            counted = (t != IGNORE_INDEX).to(compute_dtype)  # (n, 1): ignored rows get no loss, no gradient
             t = t.clamp(min=0)
             logits = buffer[:h.shape[0]]  # (n, V)
             if full_precision:

@@ -21,6 +21,7 @@ import numpy as np
 
 from minillama.errors import CheckpointError
 from minillama.model.config import load_config
+from minillama.model.rope import rope_inverse_frequencies
 from minillama.numpy_model.sampling import check_sampling, sample_next_token
 from minillama.numpy_model.weights import read_state
 
@@ -31,71 +32,7 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return weight * (x * (1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + eps)))
 
 
-# ---- Rotary position embeddings ----------------------------------------------------------------
-def rope_inverse_frequencies(config: Any, seq_len: int | None = None) -> tuple[np.ndarray, float]:
-    """Per-pair rotation speeds (D/2,) float32 and the cos/sin scale, for each RoPE scaling variant;
-    the torch model's `rope_inverse_frequencies` step for step, in float32 as it computes them.
-
-    `seq_len` matters only for "dynamic" (NTK-aware) scaling, which raises the base once a
-    sequence is longer than `max_position_embeddings`.
-    """
-    dim, base = config.head_dim, config.rope_theta
-    scaling = config.rope_scaling or {}
-    rope_type = scaling.get("rope_type", "default")
-    factor = scaling.get("factor", 1.0)
-    if rope_type == "dynamic":
-        max_pos = config.max_position_embeddings
-        seq_len = max(seq_len or max_pos, max_pos)
-        base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
-    exponents = np.arange(0, dim, 2).astype(np.float32) / np.float32(dim)
-    inv_freq = np.float32(1.0) / (np.float32(base) ** exponents)
-    if rope_type == "linear":  # position interpolation: positions squeezed by `factor`
-        inv_freq = inv_freq / np.float32(factor)
-    elif rope_type == "llama3":  # long wavelengths squeezed, short kept, a smooth ramp between
-        old_len = scaling["original_max_position_embeddings"]
-        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        wavelen = np.float32(2 * math.pi) / inv_freq
-        scaled = np.where(wavelen > old_len / low, inv_freq / np.float32(factor), inv_freq)
-        smooth = (np.float32(old_len) / wavelen - np.float32(low)) / np.float32(high - low)
-        smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
-        is_medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
-        inv_freq = np.where(is_medium, smoothed, scaled)
-    elif rope_type == "yarn":
-        return _yarn_inverse_frequencies(config, base, factor)
-    return inv_freq.astype(np.float32), 1.0
-
-
-def _yarn_inverse_frequencies(config: Any, base: float, factor: float) -> tuple[np.ndarray, float]:
-    """YaRN: interpolate slow dimensions, extrapolate fast ones, ramp between; rescale attention."""
-    scaling, dim = config.rope_scaling, config.head_dim
-    old_len = scaling["original_max_position_embeddings"]
-
-    def mscale(scale: float, m: float = 1.0) -> float:
-        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
-    attention_factor = scaling.get("attention_factor")
-    if attention_factor is None:
-        if scaling.get("mscale") and scaling.get("mscale_all_dim"):
-            attention_factor = mscale(factor, scaling["mscale"]) / mscale(factor, scaling["mscale_all_dim"])
-        else:
-            attention_factor = mscale(factor)
-
-    def correction_dim(rotations: float) -> float:
-        return (dim * math.log(old_len / (rotations * 2 * math.pi))) / (2 * math.log(base))
-
-    low, high = correction_dim(scaling.get("beta_fast") or 32), correction_dim(scaling.get("beta_slow") or 1)
-    if scaling.get("truncate", True):
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, dim - 1)
-    high = high + 0.001 if low == high else high
-    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - np.float32(low)) / np.float32(high - low), 0, 1)
-    pos_freqs = np.float32(base) ** (np.arange(0, dim, 2).astype(np.float32) / np.float32(dim))
-    extrapolation = 1 - ramp
-    inv_freq = ((1 / (np.float32(factor) * pos_freqs)) * (1 - extrapolation)
-                + (1 / pos_freqs) * extrapolation)
-    return inv_freq.astype(np.float32), attention_factor
-
-
+# ---- Rotary position embeddings (frequencies: `minillama.model.rope`, shared with torch) ---------
 class RotaryTables:
     """cos/sin of position x frequency, (T, D/2) each: the torch model's (T, D) tables are the
     same half twice (the `rotate_half` layout pairs x_i with x_{i + D/2}), so half is enough.

@@ -1,6 +1,7 @@
 """Load a checkpoint's safetensors weights as float32 NumPy arrays (`safetensors.numpy`, no torch).
 
-A directory holds `model.safetensors`, or shards listed in `model.safetensors.index.json`.
+A directory holds `model.safetensors`, or shards listed in `model.safetensors.index.json`
+(`minillama.model.layout`, shared with the torch model).
 NumPy has no bfloat16, so bf16 tensors are read as raw 16-bit words and widened: a bf16 number is
 the top half of a float32, so shifting its bits left by 16 gives the same value exactly.
 """
@@ -16,21 +17,7 @@ from safetensors import safe_open
 
 from minillama.errors import CheckpointError
 from minillama.files import verify_manifest
-
-WEIGHTS = "model.safetensors"
-SHARDED_INDEX = "model.safetensors.index.json"
-# Buffers that some older exports saved; they are recomputed from the config.
-IGNORED_KEY_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-def weight_files(directory: Path) -> list[Path]:
-    if (directory / WEIGHTS).exists():
-        return [directory / WEIGHTS]
-    if (directory / SHARDED_INDEX).exists():
-        index = json.loads((directory / SHARDED_INDEX).read_text(encoding="utf-8"))
-        return [directory / name for name in sorted(set(index["weight_map"].values()))]
-    raise CheckpointError(f"{directory} has no {WEIGHTS}; minillama loads safetensors weights "
-                          "(convert a pytorch_model.bin with transformers' save_pretrained first)")
+from minillama.model.layout import is_stored, weight_files
 
 
 def _bf16_to_float32(path: Path, key: str) -> np.ndarray:
@@ -52,9 +39,7 @@ def read_state(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     for path in weight_files(directory):
         try:
             with safe_open(path, framework="np") as f:
-                for key in f.keys():
-                    if key.endswith(IGNORED_KEY_SUFFIXES):
-                        continue
+                for key in filter(is_stored, f.keys()):
                     if f.get_slice(key).get_dtype() == "BF16":
                         array = _bf16_to_float32(path, key)
                     else:

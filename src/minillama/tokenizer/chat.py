@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from minillama.tokenizer.tokenizer import Tokenizer
 
-IGNORE_INDEX = -100
+from minillama.model.config import IGNORE_INDEX  # the loss's "not learned" label
+
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 ROLES = ("system", "user", "assistant")
 

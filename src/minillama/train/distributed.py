@@ -118,13 +118,10 @@ class Distributed:
 
     # ---- full state for checkpoints (collective under FSDP) -------------------------------
     def full_model_state(self, wrapped: nn.Module, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The whole model's state by parameter name, on the CPU (a tied weight may appear once)."""
         if self.world_size > 1:
-            state = get_model_state_dict(model, options=FULL)
-        else:
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in state and state:
-            state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        return state
+            return get_model_state_dict(model, options=FULL)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     def full_optimizer_state(self, wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         model = getattr(wrapped, "_orig_mod", wrapped)

@@ -25,7 +25,8 @@ from torch import nn
 
 from minillama.errors import CheckpointError, MiniLlamaError
 from minillama.files import DirectoryLock
-from minillama.model import MiniLlama, ModelConfig
+from minillama.model import MiniLlama, ModelConfig, io
+from minillama.model.config import IGNORE_INDEX
 from minillama.progress import progress_bar
 from minillama.train import checkpoint as ckpt
 from minillama.train.config import TrainConfig
@@ -61,14 +62,10 @@ class CausalLMFiles:
     config: ModelConfig
 
     def write(self, state: dict[str, torch.Tensor], directory: Path) -> None:
-        from minillama.export.hf import write_model_dir
-
-        write_model_dir(self.config, state, directory)
+        io.write_causal_lm_dir(self.config, state, directory)
 
     def read(self, directory: Path) -> dict[str, torch.Tensor]:
-        from minillama.export.hf import read_model_dir
-
-        return read_model_dir(directory).state_dict()
+        return MiniLlama.from_pretrained(directory).state_dict()
 
 
 class TrainingStopped(MiniLlamaError):
@@ -457,7 +454,7 @@ def evaluate_batches(model: nn.Module, batches: Iterator[tuple[torch.Tensor, tor
     total, count = 0.0, 0
     for inputs, targets in batches:
         inputs, targets = inputs.to(device), targets.to(device)
-        n = int((targets != -100).sum())
+        n = int((targets != IGNORE_INDEX).sum())
         total += float(model(inputs, targets=targets).loss) * n
         count += n
     if count == 0:
