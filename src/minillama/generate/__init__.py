@@ -29,6 +29,7 @@ _NAMES = {
     "TextStreamer": "minillama.generate.streaming",
     "generate_text": "minillama.generate.streaming",
     "stream_generate": "minillama.generate.streaming",
+    "text_pieces": "minillama.generate.streaming",
 }
 
 __all__ = sorted(_NAMES)

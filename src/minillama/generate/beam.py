@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 import torch
 
+from minillama.generate import special
 from minillama.generate.decode import check_prompt, decode_one_token, default_stop_ids, new_cache, prefill
 from minillama.model import MiniLlama
 
@@ -47,7 +48,7 @@ def beam_search(model: MiniLlama, input_ids: torch.Tensor, attention_mask: torch
                 early_stopping: bool | str = False, stop_token_ids: Iterable[int] | None = None,
                 pad_token_id: int | None = None) -> torch.Tensor:
     """The best beam of each prompt row: (B, T + n) ids, prompt included, n the longest best beam;
-    shorter ones are padded with `pad_token_id` (default: the config's pad, else the first stop token).
+    shorter ones are padded with `pad_token_id` (default: `special.pad_token_id`, as in `generate`).
 
     stop_token_ids: None means the model's EOS (if any); () searches to max_new_tokens.
     """
@@ -58,10 +59,10 @@ def beam_search(model: MiniLlama, input_ids: torch.Tensor, attention_mask: torch
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     input_ids, attention_mask = check_prompt(input_ids, attention_mask)
-    stops = torch.tensor(default_stop_ids(model, stop_token_ids), dtype=torch.long, device=input_ids.device)
+    stop_ids = default_stop_ids(model, stop_token_ids)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device)
     if pad_token_id is None:
-        pad_token_id = model.config.pad_token_id
-        pad_token_id = pad_token_id if pad_token_id is not None else int(stops[0]) if stops.numel() else 0
+        pad_token_id = special.pad_token_id(model.config, stop_ids)
     B, T = input_ids.shape
     N, L, V, device = num_beams, T + max_new_tokens, model.config.vocab_size, input_ids.device
     keep = 2 * N  # candidates per step (transformers: max(2, 1 + number of EOS ids) * N; one EOS here)

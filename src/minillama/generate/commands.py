@@ -83,19 +83,14 @@ def load(path: str | Path, device: str, compiled: bool = False) -> tuple[Any, An
     return model, Tokenizer.from_pretrained(directory), directory
 
 
-def special_id(model: Any, tokenizer: Any, name: str) -> int | None:
-    """The model config's BOS / EOS id, else the tokenizer's."""
-    value = getattr(model.config, f"{name}_token_id", None)
-    return value if value is not None else getattr(tokenizer, f"{name}_token_id", None)
-
-
 def prompt_ids(text: str, model: Any, tokenizer: Any, max_new_tokens: int,
                truncate: bool) -> tuple[list[int], int]:
     """The prompt's ids and how many tokens may follow within the model's context."""
+    from minillama.generate.special import start_token_id
+
     ids = tokenizer.encode(text) if text else []
-    if not ids:  # start from BOS, or from the end-of-text token GPT-2 style tokenizers use as both
-        start = special_id(model, tokenizer, "bos")
-        start = start if start is not None else special_id(model, tokenizer, "eos")
+    if not ids:
+        start = start_token_id(model.config, tokenizer)
         if start is None:
             raise ValueError("the prompt is empty and there is no BOS or end-of-text token to start from; "
                              "give a prompt")
@@ -130,14 +125,16 @@ def run_sample(args: argparse.Namespace) -> int:
         return _sample_numpy(args)
     import torch
 
+    from minillama.generate.special import stop_token_ids
+    from minillama.generate.streaming import text_pieces
+
     model, tokenizer, _ = load(args.checkpoint, args.device, args.compile)
     draft = load(args.draft, args.device)[0] if args.draft else None
     ids, budget = prompt_ids(args.prompt, model, tokenizer, args.max_new_tokens, args.truncate)
     if budget < args.max_new_tokens:
         print(f"note: at most {budget} new tokens fit in the model's context of "
               f"{model.config.max_position_embeddings}", file=sys.stderr)
-    eos = special_id(model, tokenizer, "eos")
-    stops = () if eos is None else (eos,)
+    stops = stop_token_ids(model.config, tokenizer)
     for index in range(args.num_samples):
         seed = None if args.seed is None else args.seed + index
         if index:
@@ -145,7 +142,7 @@ def run_sample(args: argparse.Namespace) -> int:
         print(args.prompt, end="", flush=True)
         with torch.no_grad():
             tokens = _token_source(args, model, draft, ids, budget, stops, seed)
-            for piece in _stream_text(tokens, tokenizer, stops, args.stop):
+            for piece in text_pieces(tokens, tokenizer, stops, args.stop):
                 print(piece, end="", flush=True)
         print()
     return 0
@@ -187,22 +184,6 @@ def _token_source(args: argparse.Namespace, model: Any, draft: Any, ids: list[in
             yield int(token[0])
 
 
-def _stream_text(tokens: Iterator[int], tokenizer: Any, stop_ids: tuple[int, ...] | set[int],
-                 stop_strings: list[str]) -> Iterator[str]:
-    from minillama.generate.streaming import TextStreamer
-
-    streamer = TextStreamer(tokenizer, stop_strings)
-    for token in tokens:
-        if token in stop_ids:
-            break
-        piece = streamer.push(token)
-        if piece:
-            yield piece
-        if streamer.stopped:
-            return
-    yield streamer.flush()
-
-
 def _sample_numpy(args: argparse.Namespace) -> int:
     unsupported = [flag for flag, used in (("--num-beams", args.num_beams > 1), ("--draft", args.draft),
                                            ("--min-p", args.min_p), ("--compile", args.compile),
@@ -242,15 +223,16 @@ def run_chat(args: argparse.Namespace) -> int:
         make_generator,
     )
     from minillama.generate.sampling import SamplingConfig
+    from minillama.generate.special import END_OF_TURN, stop_token_ids
+    from minillama.generate.streaming import text_pieces
     from minillama.tokenizer import render_chat
 
     _check_settings(args)
     model, tokenizer, _ = load(args.checkpoint, args.device, args.compile)
-    end_of_turn = tokenizer.token_to_id("<|im_end|>")
-    if end_of_turn is None:
-        raise ValueError(f"{args.checkpoint}'s tokenizer has no <|im_end|> token: chat needs a ChatML "
+    if tokenizer.token_to_id(END_OF_TURN) is None:
+        raise ValueError(f"{args.checkpoint}'s tokenizer has no {END_OF_TURN} token: chat needs a ChatML "
                          "fine-tuned model (use `minillama sample` for a base model)")
-    stops = {end_of_turn} | ({special_id(model, tokenizer, "eos")} - {None})
+    stops = stop_token_ids(model.config, tokenizer, chat=True)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
     generator = make_generator(args.seed, None, model.lm_head.weight.device)
     decode = compiled_decode_one_token() if args.compile else decode_one_token
@@ -284,7 +266,7 @@ def run_chat(args: argparse.Namespace) -> int:
                                  max_new_tokens=min(args.max_new_tokens, context - len(ids)),
                                  sampling=sampling, stop_token_ids=stops, generator=generator,
                                  decode_fn=decode)
-            for piece in _stream_text((int(t[0]) for t in tokens), tokenizer, stops, []):
+            for piece in text_pieces((int(t[0]) for t in tokens), tokenizer, stops):
                 reply.append(piece)
                 print(piece, end="", flush=True)
         print()

@@ -9,11 +9,8 @@ sized to the model's context so that later calls reuse the same graph too.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from minillama.generate.decode import DecodeFn
 from minillama.model import KVCache, MiniLlama
 
 
@@ -23,23 +20,25 @@ def _fixed_size_step(model: MiniLlama, token: torch.Tensor, position_ids: torch.
                  logits_to_keep=1).logits[:, -1]
 
 
-@functools.cache
-def _slots(max_seq_len: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(max_seq_len, device=device)
+class CompiledDecodeStep:
+    """A drop-in for `decode_one_token`, owned by its caller: `step(model, token, position_ids,
+    cache)` -> logits (B, V). `cache_length(model, needed)` says how long a cache to allocate.
 
+    Compiled code is kept by torch per function, so a second `CompiledDecodeStep` for a model of
+    the same shapes reuses the first one's graph instead of compiling again."""
 
-@functools.cache
-def compiled_decode() -> DecodeFn:
-    """A drop-in for `decode_one_token` (built once, shared by every model). Its attribute
-    `cache_length(model, needed)` says how long a cache to allocate."""
-    step = torch.compile(_fixed_size_step, fullgraph=True, dynamic=False)
+    def __init__(self) -> None:
+        self._step = torch.compile(_fixed_size_step, fullgraph=True, dynamic=False)
+        self._slots: torch.Tensor | None = None  # 0 .. cache length - 1, built once per cache shape
 
-    def decode(model, token, position_ids, cache):
+    def cache_length(self, model: MiniLlama, needed: int) -> int:
+        return max(needed, model.config.max_position_embeddings)
+
+    def __call__(self, model: MiniLlama, token: torch.Tensor, position_ids: torch.Tensor,
+                 cache: KVCache) -> torch.Tensor:
+        if self._slots is None or len(self._slots) != cache.max_seq_len or self._slots.device != token.device:
+            self._slots = torch.arange(cache.max_seq_len, device=token.device)
         start = cache.length  # read here, outside the graph
-        slots = _slots(cache.max_seq_len, token.device)[start:start + token.shape[1]]
-        logits = step(model, token, position_ids, slots, cache)
+        logits = self._step(model, token, position_ids, self._slots[start:start + token.shape[1]], cache)
         cache.advance(token.shape[1])
         return logits
-
-    decode.cache_length = lambda model, needed: max(needed, model.config.max_position_embeddings)
-    return decode

@@ -9,9 +9,11 @@ same column, and the attention mask keeps padding invisible (positions count rea
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
+from minillama.generate import special
 from minillama.generate.sampling import SamplingConfig, sample
 from minillama.model import KVCache, MiniLlama
 
@@ -36,7 +38,14 @@ class DecodingLinear(torch.nn.Linear):
       contiguous rows, fused with the code around it.
     Any other case is plain `nn.Linear`. The weight is one tensor either way (a tied embedding follows)."""
 
-    parts = 1  # eager blocks: the thread count when prepare_for_decoding ran
+    @classmethod
+    def holding(cls, linear: torch.nn.Linear, parts: int) -> DecodingLinear:
+        """A DecodingLinear holding `linear`'s own weight and bias (no copy); `parts`: eager blocks."""
+        with torch.device("meta"):
+            layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        layer.weight, layer.bias = linear.weight, linear.bias
+        layer.parts = parts
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         if torch.compiler.is_compiling():
@@ -55,22 +64,25 @@ class DecodingLinear(torch.nn.Linear):
 
 @torch.no_grad()
 def prepare_for_decoding(model: MiniLlama, compiled: bool = False) -> MiniLlama:
-    """Make every projection (LM head included) a `DecodingLinear`, in place, laid out for eager
-    decoding (weights column-major, per-thread blocks for the current `torch.get_num_threads()`)
-    or, with `compiled=True`, for `generate(..., compile=True)` (weights row-major). Same values,
-    shapes and parameters; only the memory order changes, and exports still write ordinary
-    contiguous tensors. A no-op off the CPU. Returns the model."""
+    """Convert `model` for decoding, in place, and return it: every projection (LM head included)
+    becomes a `DecodingLinear` holding the same parameters, laid out for eager decoding (weights
+    column-major, per-thread blocks for the current `torch.get_num_threads()`) or, with
+    `compiled=True`, for a compiled decode step (weights row-major). The caller owns the converted
+    model: its values, state dict and exports are unchanged (only memory order differs); it is
+    meant for inference, and converting again switches the layout. A no-op off the CPU."""
     if model.lm_head.weight.device.type != "cpu":
         return model
-    for module in model.modules():
-        if type(module) in (torch.nn.Linear, DecodingLinear):  # not LoRA wrappers, which keep their forward
-            weight = module.weight.data
-            if compiled and not weight.is_contiguous():
-                module.weight.data = weight.contiguous()
-            elif not compiled and not weight.t().is_contiguous():
-                module.weight.data = weight.t().contiguous().t()
-            module.__class__ = DecodingLinear
-            module.parts = torch.get_num_threads()
+    parts = torch.get_num_threads()
+    for name, module in list(model.named_modules()):
+        if type(module) not in (torch.nn.Linear, DecodingLinear):  # LoRA wrappers keep their forward
+            continue
+        weight = module.weight.data
+        if compiled and not weight.is_contiguous():
+            module.weight.data = weight.contiguous()
+        elif not compiled and not weight.t().is_contiguous():
+            module.weight.data = weight.t().contiguous().t()
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, DecodingLinear.holding(module, parts))
     return model
 
 
@@ -118,11 +130,12 @@ def check_prompt(input_ids: torch.Tensor,
     return input_ids, attention_mask
 
 
-def default_stop_ids(model: MiniLlama, stop_token_ids: Iterable[int] | None) -> tuple[int, ...]:
-    """None means the model's EOS (when its config names one); pass () to never stop early."""
+def default_stop_ids(model: MiniLlama, stop_token_ids: Iterable[int] | None,
+                     tokenizer: Any = None) -> tuple[int, ...]:
+    """None means the end tokens of the model (and of the tokenizer, if given: `special.stop_token_ids`);
+    pass () to never stop early."""
     if stop_token_ids is None:
-        eos = model.config.eos_token_id
-        return () if eos is None else (eos,)
+        return special.stop_token_ids(model.config, tokenizer)
     return tuple(int(t) for t in stop_token_ids)
 
 
@@ -184,16 +197,16 @@ def generate(model: MiniLlama, input_ids: torch.Tensor, attention_mask: torch.Te
     input_ids (B, T), left-padded when rows differ in length, with attention_mask (B, T) 1 = token.
     temperature 0 is greedy; top_k / top_p / min_p / repetition_penalty follow transformers' rules.
     stop_token_ids: None stops at the model's EOS (if its config has one), () never stops early; after
-    a row stops, its remaining columns hold `pad_token_id` (default: the config's pad, else 0).
+    a row stops, its remaining columns hold `pad_token_id` (default: `special.pad_token_id`: the
+    config's pad, else the first stop token, else 0).
     seed or generator make sampling reproducible. compile: run the decode step through torch.compile.
     """
     sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
     input_ids, attention_mask = check_prompt(input_ids, attention_mask)
-    if pad_token_id is None:
-        pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    stops = default_stop_ids(model, stop_token_ids)
     tokens = list(iter_tokens(
-        model, input_ids, attention_mask, max_new_tokens=max_new_tokens, sampling=sampling,
-        stop_token_ids=default_stop_ids(model, stop_token_ids), pad_token_id=pad_token_id,
+        model, input_ids, attention_mask, max_new_tokens=max_new_tokens, sampling=sampling, stop_token_ids=stops,
+        pad_token_id=special.pad_token_id(model.config, stops) if pad_token_id is None else pad_token_id,
         generator=make_generator(seed, generator, input_ids.device),
         decode_fn=compiled_decode_one_token() if compile else decode_one_token))
     if not tokens:
@@ -202,7 +215,7 @@ def generate(model: MiniLlama, input_ids: torch.Tensor, attention_mask: torch.Te
 
 
 def compiled_decode_one_token() -> DecodeFn:
-    """`decode_one_token` through torch.compile (built on first use, reused for every model)."""
-    from minillama.generate.compiled import compiled_decode
+    """A new `CompiledDecodeStep`: `decode_one_token` through torch.compile."""
+    from minillama.generate.compiled import CompiledDecodeStep
 
-    return compiled_decode()
+    return CompiledDecodeStep()

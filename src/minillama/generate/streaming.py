@@ -135,18 +135,26 @@ def stream_generate(model: MiniLlama, tokenizer: Any, input_ids: torch.Tensor | 
                     stop_token_ids: Iterable[int] | None = None, stop_strings: Sequence[str] = (),
                     seed: int | None = None, generator: torch.Generator | None = None,
                     compile: bool = False) -> Iterator[str]:
-    """Continue one prompt, yielding text as it is produced. A stop token or stop string ends the
-    stream and is not shown. Settings as in `generate`."""
+    """Continue one prompt, yielding text as it is produced. A stop token (by default the model's
+    and the tokenizer's end tokens) or stop string ends the stream and is not shown. Settings as
+    in `generate`."""
     sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
     device = model.lm_head.weight.device
     input_ids, _ = check_prompt(torch.as_tensor(input_ids, dtype=torch.long, device=device), None)
-    stops = set(default_stop_ids(model, stop_token_ids))
-    streamer = TextStreamer(tokenizer, stop_strings)
+    stops = default_stop_ids(model, stop_token_ids, tokenizer)
     tokens = iter_tokens(model, input_ids, max_new_tokens=max_new_tokens, sampling=sampling,
                          stop_token_ids=stops, generator=make_generator(seed, generator, device),
                          decode_fn=compiled_decode_one_token() if compile else decode_one_token)
-    for token in tokens:
-        token_id = int(token[0])
+    yield from text_pieces((int(token[0]) for token in tokens), tokenizer, stops, stop_strings)
+
+
+def text_pieces(token_ids: Iterable[int], tokenizer: Any, stop_ids: Iterable[int] = (),
+                stop_strings: Sequence[str] = ()) -> Iterator[str]:
+    """Token ids as they come -> non-empty text pieces, whole characters only; a stop token or stop
+    string ends the text and is not part of it."""
+    stops = set(stop_ids)
+    streamer = TextStreamer(tokenizer, stop_strings)
+    for token_id in token_ids:
         if token_id in stops:
             break
         piece = streamer.push(token_id)

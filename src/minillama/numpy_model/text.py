@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from minillama.generate.special import start_token_id
+from minillama.generate.special import stop_token_ids as end_tokens
 from minillama.numpy_model.model import NumpyLlama
 
 REPLACEMENT = "\ufffd"  # what decode gives for bytes that are not (yet) a whole UTF-8 character
@@ -51,8 +53,8 @@ def stream_text(checkpoint_dir: str | os.PathLike | NumpyLlama, prompt: str, max
 
     checkpoint_dir: a model directory (config.json + safetensors + tokenizer files), or an already
     loaded `NumpyLlama` (then pass `tokenizer` too). An empty prompt starts from the BOS token.
-    Generation stops after max_new_tokens or at the EOS token (the config's, else the tokenizer's;
-    `stop_token_ids` overrides), which is not part of the text.
+    Generation stops after max_new_tokens or at an end token (the config's or the tokenizer's:
+    `minillama.generate.special`; `stop_token_ids` overrides), which is not part of the text.
     """
     if isinstance(checkpoint_dir, NumpyLlama):
         model = checkpoint_dir
@@ -62,12 +64,9 @@ def stream_text(checkpoint_dir: str | os.PathLike | NumpyLlama, prompt: str, max
         model = NumpyLlama.from_pretrained(checkpoint_dir)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(Path(checkpoint_dir))
     config = model.config
-    # The model's config names BOS / EOS when training set them; else the tokenizer's (GPT-2 style
-    # tokenizers use one end-of-text token for both).
-    eos = _first_id(config.eos_token_id, getattr(tokenizer, "eos_token_id", None))
     prompt_ids = list(tokenizer.encode(prompt)) if prompt else []
     if not prompt_ids:
-        start = _first_id(config.bos_token_id, getattr(tokenizer, "bos_token_id", None), eos)
+        start = start_token_id(config, tokenizer)
         if start is None:
             raise ValueError("the prompt is empty and neither the model nor the tokenizer names a BOS "
                              "or end-of-text token to start from; give a prompt")
@@ -75,14 +74,8 @@ def stream_text(checkpoint_dir: str | os.PathLike | NumpyLlama, prompt: str, max
     if len(prompt_ids) > config.max_position_embeddings:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens, more than the model's context of "
                          f"{config.max_position_embeddings}; shorten it")
-    if stop_token_ids is None:
-        stop_token_ids = [] if eos is None else [eos]
-    stops = set(stop_token_ids)
+    stops = set(end_tokens(config, tokenizer) if stop_token_ids is None else stop_token_ids)
     tokens = model.generate_stream(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                                    top_p=top_p, seed=seed, stop_token_ids=list(stops))
     shown = (token for token in tokens if token not in stops)  # the stop token ends, it is not text
     yield from decode_stream(tokenizer, shown, prompt_ids)
-
-
-def _first_id(*candidates: int | None) -> int | None:
-    return next((c for c in candidates if c is not None), None)

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from minillama.generate import SamplingConfig
+from minillama.generate import SamplingConfig, special
 from minillama.serve import protocol
 from minillama.serve.engine import BatchEngine, Event, GenerationRequest
 from minillama.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, GenerationParams
@@ -72,8 +72,7 @@ class Served:
         """End of text (and, in chat, the end of the assistant's turn), unless ignore_eos."""
         if params.ignore_eos:
             return frozenset()
-        ids = {self.tokenizer.eos_token_id, self.tokenizer.token_to_id("<|im_end|>") if chat else None}
-        return frozenset(i for i in ids if i is not None)
+        return frozenset(special.stop_token_ids(self.engine.model.config, self.tokenizer, chat=chat))
 
     def plan(self, params: GenerationParams, prompts: list[list[int]], max_tokens: int | None,
              stop_token_ids: frozenset[int], prompt_param: str) -> list[GenerationRequest]:
@@ -107,8 +106,7 @@ class Served:
         for ids in prompts:
             if any(not 0 <= i < vocab for i in ids):
                 raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
-        start = self.tokenizer.bos_token_id
-        start = self.tokenizer.eos_token_id if start is None else start
+        start = special.start_token_id(self.engine.model.config, self.tokenizer)
         if any(not ids for ids in prompts) and start is None:
             raise APIError(400, "the prompt is empty and the tokenizer has no start token", param="prompt")
         return [ids or [start] for ids in prompts]
