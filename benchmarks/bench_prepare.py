@@ -159,9 +159,9 @@ def main() -> None:
         return
 
     from minillama.assets import asset_path
-    from minillama.data.prepare import default_num_workers
+    from minillama.hardware import available_cpus
 
-    workers = args.workers or default_num_workers()
+    workers = args.workers or available_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tokenizer = args.tokenizer or train_tokenizer(tmp / "tokenizer", args.vocab_size)

@@ -25,8 +25,9 @@ import time
 
 import torch
 
+from minillama.hardware import cpu_has_native_bf16
 from minillama.model import MiniLlama, ModelConfig
-from minillama.train.perf import cpu_has_native_bf16, measure_matmul_flops
+from minillama.train.perf import measure_matmul_flops
 
 
 def build(kind: str, config: ModelConfig):

@@ -5,6 +5,7 @@ import gzip
 import itertools
 
 import pytest
+import torch
 
 from minillama.assets import asset_path
 
@@ -24,3 +25,29 @@ def small_corpus(tmp_path_factory):
     train_tokenizer(text, 512, out_dir=root / "tokenizer")
     prepare_dataset(root / "tokenizer", text, root / "data", val_fraction=0.1, progress=False)
     return root / "tokenizer", root / "data", text
+
+
+@pytest.fixture(scope="session")
+def tokenizer(small_corpus):
+    """The 512-token BPE of `small_corpus`, loaded."""
+    from minillama.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(small_corpus[0])
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine each multi-threaded op
+    may wait for a descheduled worker: one thread keeps these tests fast and steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def keep_thread_count():
+    """Training sets torch's global thread count (run.threads); put it back after the test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ loopback port (in a thread, so tests can read the engine's counters), and refere
 from __future__ import annotations
 
 import codecs
-import contextlib
 import shutil
 import socket
 import threading
@@ -36,18 +35,6 @@ def build_checkpoint(directory: Path, tokenizer_dir: Path, context: int = 1024) 
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, directory / name)
     return directory
-
-
-@contextlib.contextmanager
-def single_torch_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads spin against
-    each other and every forward takes 10x longer."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def reference(model: MiniLlama, tokenizer: Tokenizer, prompt_ids: list[int], max_tokens: int,

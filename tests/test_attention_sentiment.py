@@ -18,12 +18,9 @@ def example():
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(keep_thread_count):
     # A model this small runs best on one thread; more only contend with other work on the machine.
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_architecture_is_the_seed_one(example):

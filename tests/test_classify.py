@@ -17,13 +17,7 @@ SHAPE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_lay
 LABELS = ["negative", "positive", "neutral"]
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    """The training runs below use one CPU thread (tiny models; more threads only contend with other
-    work on a shared machine); the loop sets torch's global thread count, so restore it."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_thread_count")  # the runs below use one thread
 
 
 def padded_batch(side="right"):

@@ -29,18 +29,7 @@ MULTI = [{"role": "system", "content": "You are kind."},
          {"role": "assistant", "content": "It is 4."}]
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    """The training runs below use one CPU thread (tiny models; more threads only contend with other
-    work on a shared machine); the loop sets torch's global thread count, so restore it."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(small_corpus):
-    return Tokenizer.from_pretrained(small_corpus[0])
+pytestmark = pytest.mark.usefixtures("keep_thread_count")  # the runs below use one thread
 
 
 def hand_rendered(tokenizer, messages):

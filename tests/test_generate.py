@@ -1,5 +1,8 @@
 """Sampling, stopping, reproducibility and speculative decoding (no transformers needed)."""
 
+from functools import partial
+
+import helpers
 import pytest
 import torch
 
@@ -19,19 +22,10 @@ TINY = dict(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_laye
 SMALL = dict(TINY, vocab_size=128, hidden_size=48, intermediate_size=96, initializer_range=0.2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads, and on a busy machine each multi-threaded op may wait
-    for a descheduled worker: one thread keeps these tests fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def make_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return MiniLlama(ModelConfig(**{**SMALL, **overrides})).eval()
+make_model = partial(helpers.random_model, SMALL)
 
 
 @pytest.fixture(scope="module")

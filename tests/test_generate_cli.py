@@ -12,14 +12,7 @@ STORY = ("One day, Lily met a big dog in the park. The dog was happy and they pl
          "Lily said: \"I like you, dog!\" The dog wagged its tail. ")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads, and on a busy machine each multi-threaded op may wait
-    for a descheduled worker: one thread keeps these tests fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ from minillama.model import MiniLlama, ModelConfig
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads, and on a busy machine each multi-threaded op may wait
-    for a descheduled worker: one thread keeps these tests fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 PAD = 3
 CONFIGS = {

@@ -3,7 +3,9 @@ peft on the transformers export, merged export, exact resume, and the CLI."""
 
 import itertools
 import json
+from functools import partial
 
+import helpers
 import pytest
 import torch
 from safetensors import safe_open
@@ -30,9 +32,7 @@ SHAPE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_lay
              num_key_value_heads=2, max_position_embeddings=32, initializer_range=0.2)
 
 
-def random_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return MiniLlama(ModelConfig(**{**SHAPE, **overrides})).eval()
+random_model = partial(helpers.random_model, SHAPE)
 
 
 def perturb_adapters(model, seed=1):
@@ -46,13 +46,7 @@ def perturb_adapters(model, seed=1):
 IDS = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(5))
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    """The training runs below use one CPU thread (tiny models; more threads only contend with other
-    work on a shared machine); the loop sets torch's global thread count, so restore it."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_thread_count")  # the runs below use one thread
 
 
 def test_targets_by_name():

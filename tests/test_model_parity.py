@@ -1,12 +1,13 @@
 """Our hand-written model against the real transformers, on the directory our exporter writes."""
 
+
 import json
 
+import helpers
 import pytest
 import torch
 
 from minillama.export import load_hf, save_hf
-from minillama.model import MiniLlama, ModelConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -33,13 +34,7 @@ CONFIGS = {
 
 
 def random_model(overrides, seed=0):
-    torch.manual_seed(seed)
-    model = MiniLlama(ModelConfig(**{**BASE, **overrides})).eval()
-    with torch.no_grad():  # norms and biases away from their init, so their parameters are tested
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return helpers.random_model(BASE, seed, perturb=0.1, **overrides)  # norms and biases tested too
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))

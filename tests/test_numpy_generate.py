@@ -3,11 +3,14 @@ that never cuts a UTF-8 character."""
 
 from __future__ import annotations
 
+from functools import partial
+
+import helpers
 import numpy as np
 import pytest
 import torch
 
-from minillama.model import KVCache, MiniLlama, ModelConfig
+from minillama.model import KVCache
 from minillama.numpy_model import (
     NumpyLlama,
     decode_stream,
@@ -20,19 +23,8 @@ BASE = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_lay
             num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.1)
 
 
-def random_model(seed: int = 0, **overrides) -> MiniLlama:
-    """A random float32 model whose norm weights and biases are random too (not 1 and 0)."""
-    torch.manual_seed(seed)
-    model = MiniLlama(ModelConfig(**{**BASE, **overrides})).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 1:
-                param.add_(torch.randn_like(param) * 0.1)
-    return model
-
-
-def numpy_twin(model: MiniLlama) -> NumpyLlama:
-    return NumpyLlama(model.config, {k: v.detach().numpy() for k, v in model.state_dict().items()})
+random_model = partial(helpers.random_model, BASE, perturb=0.1)  # norms and biases random too
+numpy_twin = helpers.numpy_twin
 
 
 class ByteTokenizer:

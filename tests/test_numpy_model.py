@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 
+import helpers
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from minillama.errors import CheckpointError
-from minillama.model import KVCache, MiniLlama, ModelConfig
+from minillama.model import KVCache, ModelConfig
 from minillama.model.config import config_from_hf_dict, load_config
 from minillama.numpy_model import NumpyLlama, read_state
 
@@ -38,19 +40,8 @@ CONFIGS = {
 }
 
 
-def random_model(seed: int = 0, **overrides) -> MiniLlama:
-    """A random float32 model whose norm weights and biases are random too (not 1 and 0)."""
-    torch.manual_seed(seed)
-    model = MiniLlama(ModelConfig(**{**BASE, **overrides})).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 1:
-                param.add_(torch.randn_like(param) * 0.1)
-    return model
-
-
-def numpy_twin(model: MiniLlama) -> NumpyLlama:
-    return NumpyLlama(model.config, {k: v.detach().numpy() for k, v in model.state_dict().items()})
+random_model = partial(helpers.random_model, BASE, perturb=0.1)  # norms and biases random too
+numpy_twin = helpers.numpy_twin
 
 
 @pytest.mark.parametrize("name", CONFIGS)

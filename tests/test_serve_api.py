@@ -14,7 +14,7 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from serve_support import LiveServer, build_checkpoint, free_socket, reference, single_torch_thread  # noqa: E402
+from serve_support import LiveServer, build_checkpoint, free_socket, reference  # noqa: E402
 
 from minillama.model import MiniLlama  # noqa: E402
 from minillama.serve.app import ServeConfig, create_app  # noqa: E402
@@ -25,10 +25,7 @@ CONTEXT = 1024
 TIMEOUT = 60  # seconds any one client call may take
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
-from serve_support import LiveServer, reference, single_torch_thread, tiny_model  # noqa: E402
+from serve_support import LiveServer, reference, tiny_model  # noqa: E402
 
 from minillama.serve.app import ServeConfig, create_app  # noqa: E402
 from minillama.tokenizer import render_chat  # noqa: E402
@@ -35,19 +35,11 @@ WATCH = """(selector) => {
 
 
 @pytest.fixture(scope="module")
-def tokenizer(small_corpus):
-    from minillama.tokenizer import Tokenizer
-
-    return Tokenizer.from_pretrained(small_corpus[0])
-
-
-@pytest.fixture(scope="module")
-def server(tokenizer):
-    with single_torch_thread():
-        model = tiny_model(tokenizer, context=512)
-        with LiveServer(create_app(model, tokenizer, ServeConfig(MODEL, max_batch_size=4))) as live:
-            live.model = model
-            yield live
+def server(tokenizer, single_thread):
+    model = tiny_model(tokenizer, context=512)
+    with LiveServer(create_app(model, tokenizer, ServeConfig(MODEL, max_batch_size=4))) as live:
+        live.model = model
+        yield live
 
 
 @pytest.fixture

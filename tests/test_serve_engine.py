@@ -8,28 +8,18 @@ import torch
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")  # noqa: E402 - before serve imports
 
-from serve_support import reference, single_torch_thread, tiny_model  # noqa: E402
+from serve_support import reference, tiny_model  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 from minillama.generate import SamplingConfig, decode_one_token, new_cache, prefill  # noqa: E402
 from minillama.serve.engine import BatchEngine, GenerationRequest  # noqa: E402
 from minillama.serve.slots import SlotCache  # noqa: E402
-from minillama.tokenizer import Tokenizer  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tokenizer(small_corpus):
-    return Tokenizer.from_pretrained(small_corpus[0])
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
     return tiny_model(tokenizer, context=256)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with single_torch_thread():
-        yield
 
 
 def run_all(engine, requests, delays=None):

@@ -36,6 +36,7 @@ from minillama.data.sources import EOT, Source, resolve_dataset
 from minillama.data.tokenfile import MAGIC, TokenFile, TokenFileWriter, dtype_for_vocab
 from minillama.errors import MiniLlamaError
 from minillama.files import atomic_write_text, check_output, fsync_dir
+from minillama.hardware import available_cpus
 from minillama.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -256,13 +257,6 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
             pass
 
 
-def default_num_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def prepare_dataset(
     tokenizer_dir: str | os.PathLike,
     dataset: str | os.PathLike | Source,
@@ -319,7 +313,7 @@ def prepare_dataset(
     workers = num_workers
     if workers is None:
         small = size_hint is not None and size_hint < PARALLEL_MIN_BYTES
-        workers = 1 if small else default_num_workers()
+        workers = 1 if small else available_cpus()
     stats = _encode_to_files(
         _chunk_documents(_labelled_documents(train_source, val_source, val_fraction)),
         out_dir, np_dtype, tokenizer_json, eos_id, workers, size_hint, progress, train_source.describe(),

@@ -207,7 +207,7 @@ def finish(checkpoint: Path, tokenizer: Any, out_dir: Path, batch_size: int, max
 def evaluate_saved_classifier(model_dir: str | os.PathLike, split: str = "test", batch_size: int = 64,
                               device: str = "auto", data: str | None = None) -> dict[str, Any]:
     """Accuracy of a saved classifier on an SST-2 split (or a `label<TAB>sentence` file `data`)."""
-    from minillama.device import resolve_device
+    from minillama.hardware import resolve_device
     from minillama.model import MiniLlamaForSequenceClassification
     from minillama.tokenizer import Tokenizer
 

@@ -69,8 +69,8 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser, temperature: float 
 # ---- loading ---------------------------------------------------------------------------------------
 def load(path: str | Path, device: str, compiled: bool = False) -> tuple[Any, Any, Path]:
     """(model, tokenizer, directory) ready for decoding (eager, or `compiled` decode steps)."""
-    from minillama.device import resolve_device
     from minillama.generate.decode import prepare_for_decoding
+    from minillama.hardware import resolve_device
     from minillama.model import MiniLlama
     from minillama.tokenizer import Tokenizer
 

@@ -56,8 +56,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise MiniLlamaError("serving needs FastAPI and uvicorn: pip install 'minillama[serve]'") from None
     import torch
 
-    from minillama.device import resolve_device
     from minillama.generate import prepare_for_decoding
+    from minillama.hardware import resolve_device
     from minillama.model import MiniLlama
     from minillama.serve.app import ServeConfig, create_app
     from minillama.tokenizer import Tokenizer, check_tokenizer_matches, find_tokenizer_dir

@@ -27,6 +27,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from minillama.errors import MiniLlamaError
+from minillama.hardware import available_cpus
 from minillama.progress import progress_bar
 from minillama.tokenizer.pretokenize import (
     SpecialSplitter,
@@ -123,7 +124,7 @@ def _build_vocab(specials: list[str], merges: list[tuple[bytes, bytes]]) -> dict
 def _count_words(paths: list[Path], specials: list[str], workers: int | None, progress: bool,
                  errors: str) -> dict[bytes, int]:
     total_bytes = estimated_text_bytes(paths)
-    workers = workers or _available_cpus()
+    workers = workers or available_cpus()
     if total_bytes < _PARALLEL_MIN_BYTES:
         workers = 1
     # Several chunks per worker keep all of them busy; a cap keeps memory bounded on huge files.
@@ -158,13 +159,6 @@ def _add_result(counts: Counter, item, bar) -> None:
     size, result = item
     counts.update(result.get())
     bar.update(size)
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _pool_context():

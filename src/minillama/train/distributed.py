@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from minillama.device import resolve_device
+from minillama.hardware import available_cpus, resolve_device
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -51,7 +51,7 @@ class Distributed:
             torch.backends.cudnn.allow_tf32 = True
         if resolved.type == "cpu":
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-            torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
+            torch.set_num_threads(threads or max(1, available_cpus() // local_world))
         if world_size > 1 and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
         return cls(rank, world_size, local_rank, resolved)

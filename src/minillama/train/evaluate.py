@@ -22,7 +22,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: str = "tinystori
     in training), its perplexity, and bits per UTF-8 byte of the text, which does not depend on
     the tokenizer. A named dataset uses `split`; a file path is evaluated whole."""
     from minillama.data import load_documents, windows_of
-    from minillama.device import resolve_device
+    from minillama.hardware import resolve_device
     from minillama.model import MiniLlama
     from minillama.tokenizer import Tokenizer, check_tokenizer_matches
     from minillama.train.checkpoint import resolve_checkpoint

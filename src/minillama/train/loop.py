@@ -25,6 +25,7 @@ from torch import nn
 
 from minillama.errors import CheckpointError, MiniLlamaError
 from minillama.files import DirectoryLock
+from minillama.hardware import cpu_has_native_bf16
 from minillama.model import MiniLlama, ModelConfig, io
 from minillama.model.config import IGNORE_INDEX
 from minillama.progress import progress_bar
@@ -33,7 +34,7 @@ from minillama.train.config import TrainConfig
 from minillama.train.distributed import Distributed
 from minillama.train.metrics import MetricsLog
 from minillama.train.optim import build_optimizer, learning_rate
-from minillama.train.perf import cpu_has_native_bf16, peak_flops
+from minillama.train.perf import peak_flops
 
 log = logging.getLogger(__name__)
 # Model settings that change how it runs, not what it is: a checkpoint resumes under other values.

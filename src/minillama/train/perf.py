@@ -37,12 +37,3 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
             if key in name:
                 return flops
     return measure_matmul_flops(dtype, device=str(device))
-
-
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 matmuls run natively instead of being emulated."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
