@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -14,17 +13,15 @@ from minillama.model import MiniLlama, ModelConfig
 transformers = pytest.importorskip("transformers")
 
 
-def test_help_lists_the_pipeline_stages_and_is_fast():
-    start = time.perf_counter()
+def test_help_lists_the_pipeline_stages_without_importing_torch():
     done = subprocess.run([sys.executable, "-m", "minillama", "--help"], capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
     assert done.returncode == 0
     for command in ("pipeline", "tokenizer", "prepare", "train", "eval", "export", "import", "model"):
         assert f"\n    {command} " in done.stdout, command
-    # `--help` must not import torch (the package keeps heavy imports inside commands)
+    # `--help` must not import torch (the package keeps heavy imports inside commands): it stays fast
     probe = subprocess.run([sys.executable, "-c", "import sys, minillama.cli as c; c.build_parser(); "
                             "print('torch' in sys.modules)"], capture_output=True, text=True)
-    assert probe.stdout.strip() == "False", (probe.stdout, probe.stderr, elapsed)
+    assert probe.stdout.strip() == "False", (probe.stdout, probe.stderr)
 
 
 def test_model_info_and_presets(capsys):

@@ -41,7 +41,7 @@ def test_train_encode_decode_info(corpus, tmp_path, capsys):
     assert main(["tokenizer", "encode", "-t", str(out), "--file", str(corpus), "--show-tokens"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(tokenizer.encode(corpus.read_text()))
 
-    assert main(["tokenizer", "info", str(out)]) == 0
+    assert main(["tokenizer", "info", "-t", str(out)]) == 0
     assert tokenizer.fingerprint() in capsys.readouterr().out
 
 

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                         help="how .txt files separate documents "
                              "(auto: <|endoftext|> if the file has it, else blank lines)")
     parser.add_argument("--text-field", default="text", help="JSON field / parquet column holding the text")
-    parser.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto",
+    parser.add_argument("--token-dtype", dest="dtype", choices=("auto", "uint16", "uint32"), default="auto",
                         help="token id type (auto: uint16 when the vocabulary fits, else uint32)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="encoding processes (default: all cores; 1 encodes in this process)")

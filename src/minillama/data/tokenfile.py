@@ -117,7 +117,7 @@ class TokenFileWriter:
             bad = int(ids.max()) if ids.max() > self.max_id else int(ids.min())
             raise MiniLlamaError(
                 f"token id {bad} does not fit {self.dtype} (0..{self.max_id}) in {self.path.name}; "
-                "prepare with dtype uint32 (`minillama prepare --dtype uint32`)"
+                "prepare with dtype uint32 (`minillama prepare --token-dtype uint32`)"
             )
         self._file.write(ids.astype(self.dtype, copy=False).tobytes())
         self.count += ids.size

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from minillama.options import positive_int
+from minillama.train.checkpoint import resolve_checkpoint
 from minillama.train.config import TrainConfig, add_config_arguments
 
 
@@ -36,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "input, output) or chats (messages). With --lora-r, only low-rank adapters train and are "
                     "saved in PEFT's format. The final model goes to RUN/model (merged), ready for "
                     "`minillama chat`.")
-    sft.add_argument("--base", required=True, help="model directory to fine-tune (with its tokenizer files)")
+    sft.add_argument("--base", required=True, help="model to fine-tune (with its tokenizer files): a model "
+                                                   "directory, or a run / checkpoints directory (its latest)")
     sft.add_argument("--data", dest="data.dataset", default=argparse.SUPPRESS,
                      help="SFT data: tinystories-instruct (default), gsm8k, alpaca, or a .jsonl path")
     sft.add_argument("--lora-r", type=positive_int, help="LoRA rank (omit for full fine-tuning); adapters usually want "
@@ -59,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Merge a LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as "
                     "written by `minillama sft --lora-r` or by PEFT) into its base model and write a plain, "
                     "transformers-loadable model directory.")
-    merge.add_argument("--base", required=True, help="the base model directory")
+    merge.add_argument("--base", required=True, help="the base model directory (or a run: its latest checkpoint)")
     merge.add_argument("--adapter", required=True, help="the adapter directory")
     merge.add_argument("--out", required=True,
                        help="output model directory: new, empty or an earlier model (replaced atomically)")
@@ -84,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_classify_train)
     evaluate = actions.add_parser("eval", help="accuracy of a trained classifier on an SST-2 split")
     evaluate.add_argument("--checkpoint", required=True, metavar="DIR",
-                          help="classifier directory (RUN/model, or one of RUN/checkpoints/step-N)")
+                          help="classifier directory (RUN/model, RUN/checkpoints/step-N, or RUN: its latest)")
     evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"],
                           help="SST-2 split (default: %(default)s)")
     evaluate.add_argument("--data", help="a label<TAB>sentence file with a header line instead of SST-2")
@@ -104,7 +106,7 @@ def run_sft(args: argparse.Namespace) -> int:
     lora = None
     if args.lora_r is not None:
         lora = LoRAConfig(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
-    result = sft(config, SFTSettings(args.base, lora, args.val_fraction))
+    result = sft(config, SFTSettings(str(resolve_checkpoint(args.base)), lora, args.val_fraction))
     status = "finished" if result.stopped_by == "budget" else "interrupted"
     loss = "" if result.val_loss is None else f", validation loss {result.val_loss:.4f}"
     print(f"{status} at step {result.step}{loss}; checkpoint {result.checkpoint}")
@@ -119,13 +121,13 @@ def run_merge(args: argparse.Namespace) -> int:
     from minillama.finetune.sft import merge_adapter
     from minillama.tokenizer import Tokenizer, check_tokenizer_matches, find_tokenizer_dir
 
-    model = merge_adapter(args.base, args.adapter)
-    tokenizer_dir = find_tokenizer_dir(args.tokenizer, args.adapter, args.base)
+    base, adapter = resolve_checkpoint(args.base), resolve_checkpoint(args.adapter)
+    model = merge_adapter(base, adapter)
+    tokenizer_dir = find_tokenizer_dir(args.tokenizer, adapter, base)
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else None
     if tokenizer is not None:
-        check_tokenizer_matches(tokenizer, model.config.vocab_size, args.base)
-    out = save_hf(model, args.out, tokenizer, overwrite=args.overwrite,
-                  inputs=(args.base, args.adapter, tokenizer_dir))
+        check_tokenizer_matches(tokenizer, model.config.vocab_size, base)
+    out = save_hf(model, args.out, tokenizer, overwrite=args.overwrite, inputs=(base, adapter, tokenizer_dir))
     print(f"merged {args.adapter} into {args.base}: {out}")
     return 0
 
@@ -137,7 +139,7 @@ def run_classify_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, defaults=classify_defaults())
     if config.data.dataset != "sst2":
         raise ValueError("classify train uses the shipped SST-2 (data.dataset sst2)")
-    report = train_classifier(config, ClassifySettings(args.base))
+    report = train_classifier(config, ClassifySettings(args.base and str(resolve_checkpoint(args.base))))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -145,6 +147,7 @@ def run_classify_train(args: argparse.Namespace) -> int:
 def run_classify_eval(args: argparse.Namespace) -> int:
     from minillama.finetune.classify import evaluate_saved_classifier
 
-    report = evaluate_saved_classifier(args.checkpoint, args.split, args.batch_size, args.device, args.data)
+    report = evaluate_saved_classifier(resolve_checkpoint(args.checkpoint), args.split, args.batch_size,
+                                       args.device, args.data)
     print(json.dumps(report, indent=2))
     return 0

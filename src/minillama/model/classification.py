@@ -19,7 +19,8 @@ from torch import nn
 
 from minillama.model import io
 from minillama.model.config import ModelConfig, load_config
-from minillama.model.llama import LlamaModel, prepare_attention
+from minillama.model.llama import LlamaModel
+from minillama.model.masks import prepare_attention
 
 
 class SequenceClassifierOutput(NamedTuple):

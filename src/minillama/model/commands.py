@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="shape, parameter count and FLOPs of a preset or checkpoint")
     source = info.add_mutually_exclusive_group()
     source.add_argument("--preset", default="tiny", help="a named preset (default: %(default)s)")
-    source.add_argument("--checkpoint", help="a model directory (ours or a transformers Llama/Qwen2)")
+    source.add_argument("--checkpoint", help="a model directory (ours or a transformers Llama/Qwen2), or a run / "
+                                             "checkpoints directory (its latest checkpoint)")
     info.add_argument("--seq-len", type=positive_int, default=None, help="context for the FLOPs estimate")
     info.set_defaults(func=run_info)
     presets = sub.add_parser("presets", help="list the named presets")
@@ -25,8 +26,10 @@ def run_info(args: argparse.Namespace) -> int:
     import torch
 
     from minillama.model import MiniLlama, ModelConfig, load_config
+    from minillama.train.checkpoint import resolve_checkpoint
 
-    config = load_config(args.checkpoint) if args.checkpoint else ModelConfig.from_preset(args.preset)
+    config = load_config(resolve_checkpoint(args.checkpoint)) if args.checkpoint else \
+        ModelConfig.from_preset(args.preset)
     with torch.device("meta"):
         model = MiniLlama(config, init=False)
     seq_len = args.seq_len or config.max_position_embeddings

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     decode.set_defaults(func=_decode)
 
     info = commands.add_parser("info", help="vocabulary size, special tokens and fingerprint of a tokenizer")
-    info.add_argument("tokenizer", nargs="?", default="runs/tokenizer", metavar="DIR")
+    info.add_argument("--tokenizer", "-t", default="runs/tokenizer", metavar="DIR",
+                      help="tokenizer directory or tokenizer.json (default: %(default)s)")
     info.set_defaults(func=_info)
 
 

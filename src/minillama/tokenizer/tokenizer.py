@@ -340,11 +340,8 @@ class Tokenizer:
 
     def _tokenizers_backend(self):
         if self._hf_backend is None:
-            try:
-                from tokenizers import Tokenizer as HFTokenizer
-            except ImportError:
-                raise MiniLlamaError("backend='tokenizers' needs the tokenizers package (pip install "
-                                     "tokenizers)") from None
+            from tokenizers import Tokenizer as HFTokenizer
+
             self._hf_backend = HFTokenizer.from_str(json.dumps(self.to_hf_dict()))
         return self._hf_backend
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 import types
 import typing
@@ -166,6 +167,9 @@ class TrainConfig:
             value = getattr(self.budget, name)
             if value is not None and value <= 0:
                 raise ValueError(f"budget.{name} must be positive, got {value}")
+        for logger in ("tensorboard", "wandb"):
+            if getattr(self.run, logger) and importlib.util.find_spec(logger) is None:
+                raise ValueError(f"run.{logger} is on but {logger} is not installed: pip install {logger}")
         # The shape (its vocabulary comes from the tokenizer later; any size passes here).
         vocab = self.model.overrides.get("vocab_size") or 2**31 - 1
         try:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -21,21 +18,15 @@ class MetricsLog:
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step else []
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.writers = []
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        if tensorboard:  # installed: `TrainConfig.validate` checked
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.writers.append(("tensorboard", SummaryWriter(str(out_dir / "tensorboard"))))
-            except ImportError:
-                log.warning("tensorboard is not installed: pip install tensorboard")
+            self.writers.append(("tensorboard", SummaryWriter(str(out_dir / "tensorboard"))))
         if wandb:
-            try:
-                import wandb as wandb_module
+            import wandb as wandb_module
 
-                wandb_module.init(project="minillama", config=run_config, dir=str(out_dir))
-                self.writers.append(("wandb", wandb_module))
-            except ImportError:
-                log.warning("wandb is not installed: pip install wandb")
+            wandb_module.init(project="minillama", config=run_config, dir=str(out_dir))
+            self.writers.append(("wandb", wandb_module))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
