@@ -26,3 +26,12 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def add_checkpoint_option(parser: argparse.ArgumentParser, what: str = "model", required: bool = True,
+                          flag: str = "--checkpoint", group: argparse._ActionsContainer | None = None) -> None:
+    """`--checkpoint DIR`, the same in every command: a directory holding a `what` (config.json +
+    weights), or a run / checkpoints directory, meaning its latest checkpoint (`resolve_checkpoint`)."""
+    (group or parser).add_argument(flag, required=required, metavar="DIR",
+                                   help=f"the {what}: its directory, or a run / checkpoints directory (meaning the "
+                                        "latest checkpoint)")

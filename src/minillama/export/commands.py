@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from minillama.options import add_checkpoint_option
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
@@ -11,8 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export a checkpoint to a directory that transformers.AutoModelForCausalLM and "
                     "AutoTokenizer load with no extra code (LlamaForCausalLM, or Qwen2ForCausalLM "
                     "when the model has q/k/v biases).")
-    export.add_argument("--checkpoint", required=True,
-                        help="model directory, or a run / checkpoints directory (its latest checkpoint)")
+    add_checkpoint_option(export)
     export.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's, if it has one)")
     export.add_argument("--out", required=True,
                         help="output directory: new, empty, or an earlier export (replaced atomically)")

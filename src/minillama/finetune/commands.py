@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from minillama.options import positive_int
+from minillama.options import add_checkpoint_option, positive_int
 from minillama.train.checkpoint import resolve_checkpoint
 from minillama.train.config import TrainConfig, add_config_arguments
 
@@ -37,8 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "input, output) or chats (messages). With --lora-r, only low-rank adapters train and are "
                     "saved in PEFT's format. The final model goes to RUN/model (merged), ready for "
                     "`minillama chat`.")
-    sft.add_argument("--base", required=True, help="model to fine-tune (with its tokenizer files): a model "
-                                                   "directory, or a run / checkpoints directory (its latest)")
+    add_checkpoint_option(sft, "model to fine-tune (with its tokenizer files)", flag="--base")
     sft.add_argument("--data", dest="data.dataset", default=argparse.SUPPRESS,
                      help="SFT data: tinystories-instruct (default), gsm8k, alpaca, or a .jsonl path")
     sft.add_argument("--lora-r", type=positive_int, help="LoRA rank (omit for full fine-tuning); adapters usually want "
@@ -61,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Merge a LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as "
                     "written by `minillama sft --lora-r` or by PEFT) into its base model and write a plain, "
                     "transformers-loadable model directory.")
-    merge.add_argument("--base", required=True, help="the base model directory (or a run: its latest checkpoint)")
-    merge.add_argument("--adapter", required=True, help="the adapter directory")
+    add_checkpoint_option(merge, "base model", flag="--base")
+    add_checkpoint_option(merge, "LoRA adapter", flag="--adapter")
     merge.add_argument("--out", required=True,
                        help="output model directory: new, empty or an earlier model (replaced atomically)")
     merge.add_argument("--overwrite", action="store_true",
@@ -81,12 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(--model.preset, with a BPE trained on the SST-2 training sentences unless "
                     "--data.tokenizer is given). Writes RUN/model (transformers-loadable) and "
                     "RUN/report.json.")
-    train.add_argument("--base", help="pretrained model directory (default: train from scratch)")
+    add_checkpoint_option(train, "pretrained model (omitted: train from scratch)", required=False, flag="--base")
     add_config_arguments(train, classify_defaults())
     train.set_defaults(func=run_classify_train)
     evaluate = actions.add_parser("eval", help="accuracy of a trained classifier on an SST-2 split")
-    evaluate.add_argument("--checkpoint", required=True, metavar="DIR",
-                          help="classifier directory (RUN/model, RUN/checkpoints/step-N, or RUN: its latest)")
+    add_checkpoint_option(evaluate, "classifier")
     evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"],
                           help="SST-2 split (default: %(default)s)")
     evaluate.add_argument("--data", help="a label<TAB>sentence file with a header line instead of SST-2")

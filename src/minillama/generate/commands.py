@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from minillama.errors import CheckpointError, MiniLlamaError
-from minillama.options import positive_int
+from minillama.options import add_checkpoint_option, positive_int
 from minillama.train.checkpoint import resolve_checkpoint
 
 
@@ -18,9 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sample", help="generate text from a checkpoint, streamed as it is produced",
         description="Continue a prompt with a trained model. Greedy with --temperature 0; beam search with "
                     "--num-beams; speculative decoding with --draft.")
-    sample.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="model directory (config.json, model.safetensors, tokenizer files), or a run / "
-                             "checkpoints directory (its latest checkpoint is used)")
+    add_checkpoint_option(sample, "model (with its tokenizer files)")
     sample.add_argument("--prompt", default="",
                         help="text to continue (empty: start from BOS / <|endoftext|>)")
     sample.add_argument("--max-new-tokens", type=positive_int, default=256, metavar="N")
@@ -45,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "chat", help="talk to a fine-tuned (ChatML) checkpoint",
         description="Multi-turn chat in the terminal. Each reply ends at <|im_end|>. Type /reset to forget "
                     "the conversation, /exit or Ctrl-D to quit.")
-    chat.add_argument("--checkpoint", required=True, metavar="DIR", help="a fine-tuned model directory")
+    add_checkpoint_option(chat, "fine-tuned (ChatML) model")
     chat.add_argument("--system", default=None, help="system message starting the conversation")
     chat.add_argument("--max-new-tokens", type=positive_int, default=512, metavar="N", help="longest reply")
     _add_decoding_arguments(chat, temperature=0.7)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from minillama.options import positive_int
+from minillama.options import add_checkpoint_option, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,8 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="shape, parameter count and FLOPs of a preset or checkpoint")
     source = info.add_mutually_exclusive_group()
     source.add_argument("--preset", default="tiny", help="a named preset (default: %(default)s)")
-    source.add_argument("--checkpoint", help="a model directory (ours or a transformers Llama/Qwen2), or a run / "
-                                             "checkpoints directory (its latest checkpoint)")
+    add_checkpoint_option(info, "model (ours or a transformers Llama / Qwen2)", required=False, group=source)
     info.add_argument("--seq-len", type=positive_int, default=None, help="context for the FLOPs estimate")
     info.set_defaults(func=run_info)
     presets = sub.add_parser("presets", help="list the named presets")

@@ -60,8 +60,8 @@ class RotaryEmbedding(nn.Module):
 
     def reset_inv_freq(self, device: torch.device | str | None = None) -> None:
         """(Re)compute the frequencies (`rope.py`), e.g. after building the model on the meta device."""
-        inv_freq, self.scale = rope_inverse_frequencies(self.config)
-        self.register_buffer("inv_freq", torch.from_numpy(inv_freq).to(device), persistent=False)
+        inv_freq, self.scale = rope_inverse_frequencies(self.config, xp=torch)
+        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +70,7 @@ class RotaryEmbedding(nn.Module):
         if self.dynamic:
             longest = int(position_ids.max()) + 1
             if longest > self.config.max_position_embeddings:
-                inv_freq = torch.from_numpy(rope_inverse_frequencies(self.config, longest)[0]).to(inv_freq.device)
+                inv_freq = rope_inverse_frequencies(self.config, longest, xp=torch)[0].to(inv_freq.device)
         freqs = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
         angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
         return (angles.cos() * self.scale).to(dtype), (angles.sin() * self.scale).to(dtype)

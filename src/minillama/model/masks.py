@@ -18,8 +18,9 @@ def prepare_attention(input_ids: torch.Tensor, attention_mask: torch.Tensor | No
     or every slot when `cache_position` (T,) names the slots to write: the fixed-size view)."""
     B, T = input_ids.shape
     device = input_ids.device
-    past = cache.length if cache is not None else 0
     fixed_size = cache_position is not None
+    # The fixed-size view reads no Python int that changes per step (a compiled step would recompile)
+    past = cache.length if cache is not None and not fixed_size else 0
     if cache is not None and not fixed_size and past + T > cache.max_seq_len:
         raise ValueError(f"the KV cache holds {cache.max_seq_len} tokens; {past} + {T} do not fit, "
                          "allocate a longer cache")

@@ -1,5 +1,5 @@
-"""RoPE's rotation speeds for every scaling variant, once, in NumPy (no torch): the torch model
-and the NumPy engine both take their frequencies from here.
+"""RoPE's rotation speeds for every scaling variant, written once for both engines: the torch model
+calls it with `xp=torch`, the NumPy engine with `xp=numpy` (the module imports no torch).
 
 Each pair of dimensions (i, i + D/2) of a query or key is rotated by position x inv_freq[i]; fast
 pairs (small i) tell nearby tokens apart, slow ones far ones. Scaling stretches a model past the
@@ -10,8 +10,9 @@ context it was trained on:
 - llama3: long wavelengths squeezed, short ones kept, a smooth ramp between;
 - yarn: interpolate slow dimensions, extrapolate fast ones, ramp between, and scale attention.
 
-The formulas are transformers' (`modeling_rope_utils.py`), computed in float64 and rounded once
-to float32, so the tests against transformers cover both engines.
+The formulas are transformers' (`modeling_rope_utils.py`), step for step in float32: with torch
+the values are transformers' to the bit (so the tests against transformers cover these formulas
+for both engines), with NumPy within a few float32 ulps of them (its `pow` rounds differently).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 import numpy as np
 
 
-def rope_inverse_frequencies(config: Any, seq_len: int | None = None) -> tuple[np.ndarray, float]:
-    """Per-pair rotation speeds (D/2,) float32 and the cos/sin scale (YaRN's attention factor, else 1).
+def rope_inverse_frequencies(config: Any, seq_len: int | None = None, xp: Any = np) -> tuple[Any, float]:
+    """Per-pair rotation speeds (D/2,) float32, as an array of `xp` (numpy or torch), and the cos/sin
+    scale (YaRN's attention factor, else 1).
 
     `config` has head_dim, rope_theta, rope_scaling and max_position_embeddings (a `ModelConfig`).
     `seq_len` matters only for "dynamic" scaling, which raises the base once a sequence is longer
@@ -37,29 +39,30 @@ def rope_inverse_frequencies(config: Any, seq_len: int | None = None) -> tuple[n
         max_pos = config.max_position_embeddings
         seq_len = max(seq_len or max_pos, max_pos)
         base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+    pos_freqs = base ** (xp.arange(0, dim, 2, dtype=xp.float32) / dim)  # base^(2i/D)
     if rope_type == "yarn":
-        inv_freq, scale = _yarn(scaling, dim, base, factor)
-        return inv_freq.astype(np.float32), scale
-    inv_freq = 1.0 / base ** (np.arange(0, dim, 2) / dim)
+        return _yarn(scaling, dim, base, factor, pos_freqs, xp)
+    inv_freq = 1.0 / pos_freqs
     if rope_type == "linear":
         inv_freq = inv_freq / factor
     elif rope_type == "llama3":
-        inv_freq = _llama3(scaling, inv_freq, factor)
-    return inv_freq.astype(np.float32), 1.0
+        inv_freq = _llama3(scaling, inv_freq, factor, xp)
+    return inv_freq, 1.0
 
 
-def _llama3(scaling: dict[str, Any], inv_freq: np.ndarray, factor: float) -> np.ndarray:
+def _llama3(scaling: dict[str, Any], inv_freq: Any, factor: float, xp: Any) -> Any:
     old_len = scaling["original_max_position_embeddings"]
     low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
     wavelen = 2 * math.pi / inv_freq
-    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    scaled = xp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
     smooth = (old_len / wavelen - low) / (high - low)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     is_medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
-    return np.where(is_medium, smoothed, scaled)
+    return xp.where(is_medium, smoothed, scaled)
 
 
-def _yarn(scaling: dict[str, Any], dim: int, base: float, factor: float) -> tuple[np.ndarray, float]:
+def _yarn(scaling: dict[str, Any], dim: int, base: float, factor: float, pos_freqs: Any,
+          xp: Any) -> tuple[Any, float]:
     old_len = scaling["original_max_position_embeddings"]
 
     def mscale(scale: float, m: float = 1.0) -> float:
@@ -80,7 +83,7 @@ def _yarn(scaling: dict[str, Any], dim: int, base: float, factor: float) -> tupl
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, dim - 1)
     high = high + 0.001 if low == high else high
-    ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0, 1)  # 0: extrapolate, 1: interpolate
-    pos_freqs = base ** (np.arange(0, dim, 2) / dim)
-    inv_freq = (1.0 / (factor * pos_freqs)) * ramp + (1.0 / pos_freqs) * (1 - ramp)
+    ramp = xp.clip((xp.arange(dim // 2, dtype=xp.float32) - low) / (high - low), 0, 1)  # 1: interpolate
+    extrapolation = 1 - ramp
+    inv_freq = (1 / (factor * pos_freqs)) * (1 - extrapolation) + (1 / pos_freqs) * extrapolation
     return inv_freq, attention_factor

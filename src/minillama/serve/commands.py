@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from minillama.options import port, positive_int
+from minillama.options import add_checkpoint_option, port, positive_int
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "MINILLAMA_API_KEY"
@@ -21,8 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "schema, stream: true for server-sent events), GET /v1/models, GET /health, and a "
                     "playground page at /. Concurrent requests are decoded together (continuous batching). "
                     "Needs the serve extra: pip install 'minillama[serve]'.")
-    parser.add_argument("--checkpoint", required=True,
-                        help="model directory, or a run / checkpoints directory (its latest checkpoint)")
+    add_checkpoint_option(parser)
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's own)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: %(default)s, this machine only)")

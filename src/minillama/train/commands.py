@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from minillama.options import positive_int
+from minillama.options import add_checkpoint_option, positive_int
 from minillama.train.config import add_config_arguments
 
 
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="loss, perplexity and bits per byte of a checkpoint on a dataset",
         description="Evaluate a checkpoint: mean next-token loss (nats), perplexity and bits per UTF-8 "
                     "byte (comparable across tokenizers) on a dataset's validation documents.")
-    evaluate.add_argument("--checkpoint", required=True, help="model directory (with tokenizer files)")
+    add_checkpoint_option(evaluate, "model (with its tokenizer files)")
     evaluate.add_argument("--dataset", default="tinystories-sample", help="dataset name or path")
     evaluate.add_argument("--split", default="val", choices=["val", "train"],
                           help="which part of a named dataset; a file path is evaluated whole")
