@@ -8,7 +8,12 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.minillama-installed
 
-.PHONY: demo test lint venv clean
+# The oldest versions pyproject.toml admits: Python 3.10 and torch 2.9 (from PyPI: a CUDA build,
+# about 3 GB). Not part of CI, which runs the pinned CPU build above.
+FLOOR_PYTHON ?= python3.10
+FLOOR_TORCH ?= torch==2.9.1
+
+.PHONY: demo test test-floor lint venv clean
 
 venv: $(STAMP)
 
@@ -25,8 +30,14 @@ test: $(STAMP)
 	sh tests/setup_browser.sh
 	$(BIN)/python -m pytest -q $(ARGS)
 
+test-floor:
+	test -x .venv-floor/bin/python || $(FLOOR_PYTHON) -m venv .venv-floor
+	.venv-floor/bin/python -m pip install --quiet "$(FLOOR_TORCH)" -e ".[dev]"
+	sh tests/setup_browser.sh
+	.venv-floor/bin/python -m pytest -q $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) .venv-floor build src/*.egg-info
