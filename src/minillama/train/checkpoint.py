@@ -52,9 +52,9 @@ def save_checkpoint(checkpoints: Path, step: int, write_model: Callable[[dict[st
     writes its files (the Trainer's `ModelFiles.write`). `state["run_id"]` names the run whose
     checkpoints pruning may remove; `verified` remembers, across calls, the ones checked already.
     """
-    target = checkpoints / f"step-{step:06d}"
     import torch
 
+    target = checkpoints / f"step-{step:06d}"
     with atomic_directory(target, "checkpoint") as tmp:
         write_model(model_state, tmp)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
