@@ -48,6 +48,7 @@ def test_model_targets_path_equals_the_logits_path_with_a_tied_head():
         torch.testing.assert_close(grads[name], param.grad, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by inductor
 def test_bf16_autocast_is_close_to_float32():
     torch.manual_seed(0)
     hidden, weight = torch.randn(4, 64, 32), torch.randn(300, 32) * 0.1
@@ -57,6 +58,7 @@ def test_bf16_autocast_is_close_to_float32():
     assert abs(low.item() - linear_cross_entropy(hidden, weight, targets).item()) < 2e-2
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by inductor
 def test_bf16_autocast_gradients_are_close_to_float32(monkeypatch):
     # Several chunks, so the bf16 products accumulate into the float32 weight gradient.
     monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 300 * 40)
@@ -72,6 +74,25 @@ def test_bf16_autocast_gradients_are_close_to_float32(monkeypatch):
     assert weight.grad.dtype == torch.float32
     for ours, reference in zip(low, (hidden.grad, weight.grad)):  # bf16 keeps 8 bits of mantissa
         torch.testing.assert_close(ours, reference, atol=1e-2 * reference.abs().max().item(), rtol=2e-2)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_fused_low_precision_chunk_computes_the_float32_chunk(smoothing):
+    """The chunk function compiled for bf16 / fp16 logits, run on float32 ones: the same loss and
+    logit gradient as the in-place float32 path, and as F.cross_entropy's gradient."""
+    torch.manual_seed(0)
+    logits = torch.randn(9, 40) * 3
+    targets = torch.randint(0, 40, (9, 1))
+    counted = torch.ones(9, 1)
+    counted[2] = 0  # an ignored row
+    fused, in_place = logits.clone(), logits.clone()
+    loss_fused = loss_module._chunk_loss_fused(fused, targets, counted, smoothing, True)
+    loss_in_place = loss_module._chunk_loss_in_place(in_place, targets, counted, smoothing, True)
+    torch.testing.assert_close(loss_fused, loss_in_place, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, in_place, atol=1e-6, rtol=1e-5)
+    reference = logits.clone().requires_grad_()
+    F.cross_entropy(reference, targets[:, 0], reduction="sum", label_smoothing=smoothing).backward()
+    torch.testing.assert_close(fused, reference.grad, atol=1e-6, rtol=1e-5)
 
 
 def test_no_gradient_work_in_evaluation():

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from minillama.model import io
 from minillama.model.cache import KVCache
 from minillama.model.config import ModelConfig, load_config
-from minillama.model.loss import causal_lm_loss, linear_cross_entropy
+from minillama.model.loss import Workspace, causal_lm_loss, linear_cross_entropy
 from minillama.model.masks import prepare_attention
 from minillama.model.rope import rope_inverse_frequencies
 
@@ -248,6 +248,7 @@ class MiniLlama(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.workspace = Workspace()  # the fused loss's buffers, reused from step to step
         if init:
             self.init_weights()
 
@@ -280,7 +281,8 @@ class MiniLlama(nn.Module):
         if cache is not None and cache_position is None:
             cache.advance(input_ids.shape[1])
         if targets is not None:
-            return CausalLMOutput(None, linear_cross_entropy(hidden, self.lm_head.weight, targets, label_smoothing))
+            loss = linear_cross_entropy(hidden, self.lm_head.weight, targets, label_smoothing, self.workspace)
+            return CausalLMOutput(None, loss)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)  # (B, T, V)
