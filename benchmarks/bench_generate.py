@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import torch
 
+from minillama.hardware import cpu_description
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +175,7 @@ def speculative_table(args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
+    print(f"host: {cpu_description()}", flush=True)
     torch.set_num_threads(args.threads)
     if args.target or args.draft:
         if not (args.target and args.draft):

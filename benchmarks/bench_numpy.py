@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from minillama.hardware import cpu_description
 from minillama.model import KVCache, MiniLlama, ModelConfig
 from minillama.numpy_model import NumpyLlama
 
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per engine; the best is kept")
     args = parser.parse_args()
+    print(f"host: {cpu_description()}", flush=True)
 
     config = ModelConfig.from_preset("stories15M")
     torch.manual_seed(0)

@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from minillama.hardware import cpu_description
+
 EOT = "<|endoftext|>"
 
 
@@ -152,6 +154,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each row; the fastest is shown")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    print(f"host: {cpu_description()}", flush=True)
     if args.child:
         kind, *rest = args.child
         result = child_raw(*rest) if kind == "raw" else child_prepare(rest[0], rest[1], int(rest[2]))

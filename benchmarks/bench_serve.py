@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from minillama.hardware import cpu_description
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +151,7 @@ async def run_level(port: int, clients: int, prompts: list[str], args) -> dict[s
 
 def main() -> None:
     args = parse_args()
+    print(f"host: {cpu_description()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:
             checkpoint = Path(args.checkpoint)

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from minillama.hardware import cpu_description
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -46,6 +48,7 @@ def best_time(fn, repeat: int) -> tuple[float, object]:
 
 def main() -> None:
     args = parse_args()
+    print(f"host: {cpu_description()}", flush=True)
     if args.threads:  # must precede importing tokenizers (its thread pool reads this once)
         os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     import tokenizers

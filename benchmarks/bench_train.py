@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from minillama.hardware import cpu_has_native_bf16
+from minillama.hardware import cpu_description, cpu_has_native_bf16
 from minillama.model import MiniLlama, ModelConfig
 from minillama.train.perf import measure_matmul_flops
 
@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"),
                         help="default: fp32, and bf16 where the CPU runs it natively")
     args = parser.parse_args()
+    print(f"host: {cpu_description()}", flush=True)
     torch.set_num_threads(args.threads)
     config = ModelConfig.from_preset(args.preset)
     steps, warmup, rounds = (2, 1, 3) if args.quick else (args.steps, args.warmup, args.rounds)

@@ -90,5 +90,14 @@ def test_pipeline_smoke_run(tmp_path, capsys):
                  "loss.png", "hf/model.safetensors", "hf/tokenizer.json", "report.json", "story.txt"):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
-    assert report["steps"] == 3 and report["bits_per_byte"] > 0
+    assert report["steps"] == 3 and report["bits_per_byte"] > 0 and 0 <= report["repeated_4grams"] <= 1
     transformers.AutoModelForCausalLM.from_pretrained(out / "hf")
+
+
+def test_the_story_repetition_measure():
+    from minillama.pipeline import repeated_ngram_share
+
+    assert repeated_ngram_share("one two three four five six") == 0.0
+    loop = "I am cold and cold. " * 4  # 20 words: 17 4-grams, of which only 5 are new
+    assert repeated_ngram_share(loop) == pytest.approx(12 / 17)
+    assert repeated_ngram_share("too short") == 0.0

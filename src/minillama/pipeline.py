@@ -36,16 +36,30 @@ class PipelineReport:
     steps: int
     tokens: int
     train_minutes: float
-    val_loss: float
+    val_loss: float  # over every held-out document (`val_documents`), not the training's subset
     perplexity: float
     bits_per_byte: float
+    val_documents: int
     prompt: str
     story: str
+    temperature: float
+    top_p: float | None
+    seed: int
+    repeated_4grams: float  # share of the story's word 4-grams that occurred earlier in it
 
 
-def run_pipeline(config, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 200,
-                 temperature: float = 0.0, seed: int = 1337) -> PipelineReport:
-    """Run every stage with `config` (a `TrainConfig`; its run.out_dir is the run directory)."""
+def repeated_ngram_share(text: str, n: int = 4) -> float:
+    """The share of a text's word n-grams that already occurred earlier in it: 0 for a text that
+    never repeats itself, near 1 for one stuck in a loop."""
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def run_pipeline(config, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 200, temperature: float = 0.8,
+                 top_p: float | None = 0.9, seed: int = 1337) -> PipelineReport:
+    """Run every stage with `config` (a `TrainConfig`; its run.out_dir is the run directory). The
+    story is sampled (`temperature` 0 is greedy) and ends at the end-of-text token."""
     from minillama.export import save_hf
     from minillama.files import atomic_write_text
     from minillama.generate import generate_text
@@ -66,10 +80,11 @@ def run_pipeline(config, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 200
         log.info("exported a transformers model to %s", hf_dir)
         evaluation = evaluate_checkpoint(hf_dir, config.data.dataset, split="val", seq_len=config.data.seq_len)
         story = generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                              seed=seed)
+                              top_p=top_p, seed=seed)
         report = PipelineReport(str(run_dir), str(hf_dir), result.step, result.tokens, result.seconds / 60,
-                                evaluation["loss"], evaluation["perplexity"], evaluation["bits_per_byte"], prompt,
-                                story)
+                                evaluation["loss"], evaluation["perplexity"], evaluation["bits_per_byte"],
+                                evaluation["documents"], prompt, story, temperature, top_p, seed,
+                                repeated_ngram_share(prompt + story))
         atomic_write_text(run_dir / "report.json", json.dumps(asdict(report), indent=2) + "\n")
         atomic_write_text(run_dir / "story.txt", prompt + story + "\n")
     return report
@@ -88,7 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="training time (default: %(default)s)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="story prompt (default: %(default)r)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="story sampling (0: greedy)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling of the story")
+    parser.add_argument("--seed", type=int, default=1337, help="the story's sampling seed")
     # --out and --minutes are the pipeline's spellings of run.out_dir and budget.max_minutes
     add_config_arguments(parser, exclude=("run.out_dir", "budget.max_minutes"))
     parser.set_defaults(func=run)
@@ -98,11 +115,15 @@ def run(args: argparse.Namespace) -> int:
     from minillama.train.config import config_from_args
 
     config = config_from_args(args)
-    report = run_pipeline(config, args.prompt, args.max_new_tokens, args.temperature)
+    report = run_pipeline(config, args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    how = "greedy" if report.temperature == 0 else \
+        f"sampled: temperature {report.temperature:g}, top-p {report.top_p:g}, seed {report.seed}; --temperature 0 " \
+        "for greedy"
     print(f"\nrun directory      {report.run_dir}  (loss curve: {report.run_dir}/loss.png)")
     print(f"transformers model {report.hf_dir}")
     print(f"trained            {report.steps} steps, {report.tokens:,} tokens, {report.train_minutes:.1f} min")
-    print(f"validation         loss {report.val_loss:.4f}  perplexity {report.perplexity:.2f}  "
-          f"bits/byte {report.bits_per_byte:.3f}")
+    print(f"validation         all {report.val_documents} held-out stories: loss {report.val_loss:.4f}  "
+          f"perplexity {report.perplexity:.2f}  bits/byte {report.bits_per_byte:.3f}")
+    print(f"story              {how}; {report.repeated_4grams:.0%} of its 4-grams repeat")
     print(f"\n{report.prompt}{report.story}")
     return 0
