@@ -19,7 +19,7 @@ ROPE_TYPES: dict[str, tuple[str, ...]] = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "yarn": ("factor",),
 }
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_tiled")
 IGNORE_INDEX = -100  # a label that counts for no loss (transformers' convention): prompts, padding
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
@@ -53,7 +53,8 @@ class ModelConfig:
     eos_token_id: int | None = _f(None, "end token (default: the tokenizer's)")
     pad_token_id: int | None = _f(None, "padding token (default: the tokenizer's)")
     attn_implementation: str = _f("sdpa", "sdpa: torch's fused kernel (flash attention on GPU); eager: the "
-                                          "explicit softmax(QK^T / sqrt(d) + mask) V, for learning and testing")
+                                          "explicit softmax(QK^T / sqrt(d) + mask) V; flash_tiled: FlashAttention "
+                                          "written out in PyTorch (model/flash.py), for reading and testing")
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
@@ -186,6 +187,9 @@ def config_to_hf_dict(config: ModelConfig, dtype: str = "float32") -> dict[str, 
         "attention_dropout": 0.0,
         "use_cache": True,
         "torch_dtype": dtype,
+        # how attention runs, not what it computes: transformers knows "sdpa" and "eager"
+        "attn_implementation": config.attn_implementation if config.attn_implementation in ("sdpa", "eager")
+        else "sdpa",
     }
     if model_type == "qwen2":
         # Qwen2 puts bias on q/k/v always and never on o_proj; it has no attention_bias field.

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from minillama.model import io
 from minillama.model.cache import KVCache
 from minillama.model.config import ModelConfig, load_config
+from minillama.model.flash import flash_attention
 from minillama.model.loss import Workspace, causal_lm_loss, linear_cross_entropy
 from minillama.model.masks import prepare_attention
 from minillama.model.rope import rope_inverse_frequencies
@@ -118,6 +119,9 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                           enable_gqa=k.shape[1] != q.shape[1])
 
 
+ATTENTION = {"eager": eager_attention, "sdpa": sdpa_attention, "flash_tiled": flash_attention}
+
+
 class Attention(nn.Module):
     """Multi-head attention with rotary positions and grouped key/value heads (GQA)."""
 
@@ -148,7 +152,7 @@ class Attention(nn.Module):
         causal = mask is None and T > 1
         # One query per row (decoding): SDPA's flash kernel has nothing to tile and costs more to set
         # up than the textbook form's two small matmuls.
-        attention = eager_attention if self.implementation == "eager" or T == 1 else sdpa_attention
+        attention = eager_attention if self.implementation == "sdpa" and T == 1 else ATTENTION[self.implementation]
         y = attention(q, k, v, mask, causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 

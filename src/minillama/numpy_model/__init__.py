@@ -10,6 +10,7 @@
 Same arithmetic as `minillama.model.MiniLlama` (float32 logits agree within 1e-4); see docs/numpy.md.
 """
 
+from minillama.numpy_model.flash import flash_attention_forward
 from minillama.numpy_model.mha import multi_head_attention_forward
 from minillama.numpy_model.model import (
     NumpyKVCache,
@@ -24,7 +25,7 @@ from minillama.numpy_model.text import decode_stream, load_tokenizer, stream_tex
 from minillama.numpy_model.weights import read_state
 
 __all__ = [
-    "NumpyKVCache", "NumpyLlama", "RotaryTables", "apply_rotary", "decode_stream",
+    "NumpyKVCache", "NumpyLlama", "RotaryTables", "apply_rotary", "decode_stream", "flash_attention_forward",
     "load_tokenizer", "multi_head_attention_forward", "read_state", "rms_norm",
     "rope_inverse_frequencies", "sample_next_token", "sampling_probabilities", "stream_text",
 ]
