@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from minillama.errors import MiniLlamaError
 from minillama.files import atomic_directory
 from minillama.model import io
 from minillama.model.classification import MiniLlamaForSequenceClassification
@@ -34,6 +35,10 @@ def save_hf(model: nn.Module, out_dir: str | os.PathLike, tokenizer: Any = None,
     `out_dir` must be new, empty or an earlier export of the same kind (see `files.check_output`;
     `overwrite` replaces anything but one of `inputs`).
     """
+    if model.config.norm_placement != "pre":
+        raise MiniLlamaError(f"a model with norm_placement {model.config.norm_placement!r} cannot be exported: "
+                             "transformers' Llama and Qwen2 blocks are pre-norm; keep it as a minillama model "
+                             "directory (its checkpoints load with minillama)")
     out_dir = Path(out_dir)
     classifier = isinstance(model, MiniLlamaForSequenceClassification)
     with atomic_directory(out_dir, "classifier" if classifier else "model", overwrite=overwrite,

@@ -21,7 +21,11 @@ ROPE_TYPES: dict[str, tuple[str, ...]] = {
 }
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_tiled")
 IGNORE_INDEX = -100  # a label that counts for no loss (transformers' convention): prompts, padding
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 # blocks transformers' Llama cannot express (post-norm, sandwich): a model_type it does
+                 # not know, so that it refuses the directory instead of computing something else
+                 "minillama": "MiniLlamaForCausalLM"}
+NORM_PLACEMENTS = ("pre", "post", "sandwich")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -52,6 +56,8 @@ class ModelConfig:
     bos_token_id: int | None = _f(None, "start token (default: the tokenizer's)")
     eos_token_id: int | None = _f(None, "end token (default: the tokenizer's)")
     pad_token_id: int | None = _f(None, "padding token (default: the tokenizer's)")
+    norm_placement: str = _f("pre", "pre: x + f(norm(x)) (LLaMA); post: norm(x + f(x)) (the original Transformer); "
+                                    "sandwich: x + norm(f(norm(x))). Only pre exports to transformers")
     attn_implementation: str = _f("sdpa", "sdpa: torch's fused kernel (flash attention on GPU); eager: the "
                                           "explicit softmax(QK^T / sqrt(d) + mask) V; flash_tiled: FlashAttention "
                                           "written out in PyTorch (model/flash.py), for reading and testing")
@@ -96,6 +102,8 @@ class ModelConfig:
             raise ValueError(f"rms_norm_eps must be positive, got {self.rms_norm_eps}")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(f"norm_placement must be one of {NORM_PLACEMENTS}, got {self.norm_placement!r}")
         if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(
                 f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attn_implementation!r}"
@@ -174,7 +182,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ---- transformers config.json <-> ModelConfig (plain Python: the NumPy engine uses it too) ----------
 def config_to_hf_dict(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     """A `config.json` that transformers 4.x and 5.x load as `LlamaConfig` / `Qwen2Config`."""
-    model_type = "qwen2" if config.attention_bias else "llama"
+    model_type = "minillama" if config.norm_placement != "pre" else "qwen2" if config.attention_bias else "llama"
     rope_parameters = {"rope_type": "default", "rope_theta": config.rope_theta}
     rope_parameters.update(config.rope_scaling or {})
     data = {
@@ -203,7 +211,7 @@ def config_from_hf_dict(data: dict[str, Any]) -> ModelConfig:
     model_type = data.get("model_type")
     if model_type is not None and model_type not in ARCHITECTURES:
         raise CheckpointError(f"model_type {model_type!r} is not supported; minillama reads "
-                              f"{' and '.join(ARCHITECTURES)} models")
+                              f"{', '.join(ARCHITECTURES)} models")
     if data.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"hidden_act {data['hidden_act']!r} is not supported (only silu / SwiGLU)")
     if data.get("mlp_bias"):

@@ -172,17 +172,33 @@ class SwiGLU(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """A residual block; `config.norm_placement` says where its norms sit:
+    pre (LLaMA):  x + attn(norm1(x)),          then x + mlp(norm2(x))
+    post (the original Transformer): norm1(x + attn(x)), then norm2(x + mlp(x))
+    sandwich:     x + norm1'(attn(norm1(x))),  then x + norm2'(mlp(norm2(x)))
+    Pre-norm keeps an identity path from the embedding to the last layer, so gradients reach the
+    first layers undiminished; post-norm normalises the residual stream itself (see docs/attention.md)."""
 
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
+        self.placement = config.norm_placement
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
+        if self.placement == "sandwich":  # a norm on each sublayer's output too
+            self.attn_output_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.mlp_output_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, cache, cache_position=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_position)
+        if self.placement == "post":
+            x = self.input_layernorm(x + self.self_attn(x, cos, sin, mask, cache, cache_position))
+            return self.post_attention_layernorm(x + self.mlp(x))
+        attn = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_position)
+        if self.placement == "sandwich":
+            x = x + self.attn_output_norm(attn)
+            return x + self.mlp_output_norm(self.mlp(self.post_attention_layernorm(x)))
+        x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x))
 
 

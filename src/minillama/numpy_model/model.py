@@ -130,6 +130,9 @@ class NumpyLlama:
     (`NumpyLlama(config, weights)`) or from a checkpoint directory (`from_pretrained`)."""
 
     def __init__(self, config: Any, weights: dict[str, np.ndarray]):
+        if config.norm_placement != "pre":
+            raise CheckpointError(f"the NumPy engine runs pre-norm (LLaMA) blocks; this model has norm_placement "
+                                  f"{config.norm_placement!r}: run it with the PyTorch model instead")
         self.config = config
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
