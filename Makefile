@@ -37,7 +37,7 @@ test-floor:
 	.venv-floor/bin/python -m pytest -q $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples experiments
 
 clean:
 	rm -rf $(VENV) .venv-floor build src/*.egg-info

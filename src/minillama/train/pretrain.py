@@ -138,10 +138,12 @@ def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> Training
                           extra_state={"tokenizer_hash": meta.get("tokenizer_hash")}, lock=lock)
         result = trainer.fit()
         if dist.is_main and result.val_loss is not None:
-            at = "" if result.val_step == result.step else f", evaluated at step {result.val_step}"
-            log.info("step %d: validation subset (first %d batches%s): loss %.4f, perplexity %.2f, %.3f bits "
-                     "per byte", result.step, config.run.eval_batches, at, result.val_loss,
-                     math.exp(result.val_loss), bits_per_byte(result.val_loss, meta))
+            at = "" if result.val_step == result.step else f" (evaluated at step {result.val_step})"
+            windows = (len(val.file) - 1) // data.seq_len
+            what = ("validation split" if config.run.eval_batches * data.batch_size * dist.world_size >= windows
+                    else f"validation subset (first {config.run.eval_batches} batches)")
+            log.info("step %d: %s%s: loss %.4f, perplexity %.2f, %.3f bits per byte", result.step, what, at,
+                     result.val_loss, math.exp(result.val_loss), bits_per_byte(result.val_loss, meta))
         return result
     finally:
         if claimed is not None:
