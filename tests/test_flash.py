@@ -64,6 +64,15 @@ def test_outputs_and_gradients_equal_sdpa(case):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     for mine, t in zip(ours_grads, (q, k, v), strict=True):
         torch.testing.assert_close(mine, t.grad, atol=1e-5, rtol=1e-5)
+    # the saved log-sum-exp is each row's logsumexp over the scores it may see
+    with torch.no_grad():
+        scores = q.view(B, K, H // K, T, D) @ k.unsqueeze(2).transpose(-1, -2) / D**0.5
+        allowed = torch.ones(T, S, dtype=torch.bool).tril(S - T) if causal else torch.ones(T, S, dtype=torch.bool)
+        if mask is not None:
+            allowed = allowed & mask.view(mask.shape[0], 1, -1, *mask.shape[-2:])
+        expected = scores.masked_fill(~allowed, float("-inf")).logsumexp(-1).view(B, H, T)
+        torch.testing.assert_close(flash_forward(q, k, v, mask, causal, block=16)[1], expected,
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_gradcheck_in_float64():
@@ -117,3 +126,16 @@ def test_the_numpy_twin_computes_the_torch_forward(case):
     np.testing.assert_allclose(numpy_out, out, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(numpy_lse, lse, atol=1e-5, rtol=1e-5)
 
+
+
+def test_the_walkthrough_in_docs_points_at_the_lines_it_quotes():
+    """docs/attention.md maps the algorithm to `flash.py:N` `code`: each N must still hold that code."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    lines = (root / "src/minillama/model/flash.py").read_text(encoding="utf-8").splitlines()
+    references = re.findall(r"`flash\.py:(\d+)` `([^`]+)`", (root / "docs/attention.md").read_text(encoding="utf-8"))
+    assert len(references) >= 20
+    for number, code in references:
+        assert code in lines[int(number) - 1], f"flash.py:{number} no longer holds {code!r}"
