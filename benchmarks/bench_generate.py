@@ -3,7 +3,8 @@
     python benchmarks/bench_generate.py                 # stories15M shape, random weights
     python benchmarks/bench_generate.py --target runs/x/checkpoints/step-001000 --draft runs/d/...
 
-Batch 1, an 8-token prompt, 200 new tokens, greedy, float32, 2 threads (the issue's setting).
+Batch 1 and batch 8 (one table each), an 8-token prompt, 200 new tokens, greedy, float32,
+2 threads (the issue's setting).
 Configurations run round-robin, `--repeats` times each, so a burst of load on a shared machine hits
 them all alike; the table shows each one's median and best tokens/s and its ratio to transformers'
 fastest configuration. Compilation happens in a warm-up run that is not timed (its time is shown).
@@ -31,6 +32,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="sequences decoded together")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of each configuration")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled configurations")
     p.add_argument("--no-transformers", action="store_true", help="skip transformers")
@@ -88,39 +90,46 @@ def transformers_runs(directory: str, ids: torch.Tensor, new_tokens: int, compil
 
 def speed_table(args: argparse.Namespace) -> None:
     from minillama.export import save_hf
-    from minillama.generate import generate, prepare_for_decoding
+    from minillama.generate import prepare_for_decoding
     from minillama.model import MiniLlama, ModelConfig
 
     torch.manual_seed(0)
     config = ModelConfig.from_preset(args.preset)
-    ids = torch.randint(0, config.vocab_size, (1, args.prompt_tokens),
-                        generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as directory:
         save_hf(MiniLlama(config).eval(), directory)
         plain = MiniLlama.from_pretrained(directory).eval()
         model = prepare_for_decoding(MiniLlama.from_pretrained(directory).eval())
         for_compile = prepare_for_decoding(MiniLlama.from_pretrained(directory).eval(), compiled=True)
+        for batch_size in args.batch_sizes:
+            ids = torch.randint(0, config.vocab_size, (batch_size, args.prompt_tokens),
+                                generator=torch.Generator().manual_seed(0))
+            measure(args, directory, ids, plain, model, for_compile)
 
-        def ours(model: MiniLlama, compile: bool) -> Callable[[], torch.Tensor]:
-            return lambda: generate(model, ids, max_new_tokens=args.new_tokens, temperature=0,
-                                    stop_token_ids=(), compile=compile)
 
-        runs = {"minillama eager": ours(model, False),
-                "minillama eager, nn.Linear layout": ours(plain, False)}
-        if not args.no_compile:
-            runs["minillama compiled"] = ours(for_compile, True)
-        if not args.no_transformers:
-            runs.update(transformers_runs(directory, ids, args.new_tokens, not args.no_compile))
-        first = warm_up(runs)
-        load_before = os.getloadavg()[0]
-        times = round_robin(runs, args.repeats)
-        load_after = os.getloadavg()[0]
+def measure(args: argparse.Namespace, directory: str, ids: torch.Tensor, plain, model, for_compile) -> None:
+    """One table: every configuration decoding `ids` (batch, prompt), round-robin."""
+    from minillama.generate import generate
+
+    def ours(model, compile: bool) -> Callable[[], torch.Tensor]:
+        return lambda: generate(model, ids, max_new_tokens=args.new_tokens, temperature=0,
+                                stop_token_ids=(), compile=compile)
+
+    runs = {"minillama eager": ours(model, False), "minillama eager, nn.Linear layout": ours(plain, False)}
+    if not args.no_compile:
+        runs["minillama compiled"] = ours(for_compile, True)
+    if not args.no_transformers:
+        runs.update(transformers_runs(directory, ids, args.new_tokens, not args.no_compile))
+    first = warm_up(runs)
+    load_before = os.getloadavg()[0]
+    times = round_robin(runs, args.repeats)
+    load_after = os.getloadavg()[0]
 
     reference = next(iter(first.values()))[1]
-    rates = {name: [args.new_tokens / t for t in ts] for name, ts in times.items()}
+    batch_size = ids.shape[0]
+    rates = {name: [batch_size * args.new_tokens / t for t in ts] for name, ts in times.items()}
     hf_best = max((statistics.median(r) for n, r in rates.items() if n.startswith("transformers")),
                   default=None)
-    print(f"\n{args.preset}, float32, {args.threads} threads, batch 1, {args.prompt_tokens}-token prompt, "
+    print(f"\n{args.preset}, float32, {args.threads} threads, batch {batch_size}, {args.prompt_tokens}-token prompt, "
           f"{args.new_tokens} new tokens, greedy; {args.repeats} runs each, round-robin "
           f"(load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs)")
     print(f"{'configuration':34s} {'median tok/s':>12s} {'best tok/s':>11s} {'vs HF best':>11s} "
