@@ -1,15 +1,17 @@
-"""The optimizer: decay groups, and the fused CPU kernel against torch's foreach AdamW."""
+"""The optimizers (decay groups, the fused CPU kernel against torch's foreach AdamW, Muon for the
+blocks' matrices) and the learning-rate schedules."""
 
+import pytest
 import torch
 
 from minillama.model import MiniLlama, ModelConfig
-from minillama.train.config import OptimSection
-from minillama.train.optim import build_optimizer
+from minillama.train.config import OptimSection, TrainConfig
+from minillama.train.optim import build_optimizers, learning_rate
 
 
 def test_matrices_decay_norms_do_not_and_cpu_uses_the_fused_kernel():
     model = MiniLlama(ModelConfig.from_preset("debug"))
-    optimizer = build_optimizer(model, OptimSection(weight_decay=0.1), "cpu")
+    (optimizer,) = build_optimizers(model, OptimSection(weight_decay=0.1), "cpu")
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
@@ -25,7 +27,7 @@ def test_fused_steps_follow_torch_foreach_adamw():
     reference.load_state_dict(fused_model.state_dict())
     start = fused_model.lm_head.weight.detach().clone()
     settings = OptimSection(lr=1e-2, weight_decay=0.1)
-    fused = build_optimizer(fused_model, settings, "cpu")
+    (fused,) = build_optimizers(fused_model, settings, "cpu")
     groups = [{"params": [p for p in reference.parameters() if p.dim() >= 2], "weight_decay": 0.1},
               {"params": [p for p in reference.parameters() if p.dim() < 2], "weight_decay": 0.0}]
     foreach = torch.optim.AdamW(groups, lr=1e-2, betas=(settings.beta1, settings.beta2), eps=settings.eps,
@@ -39,3 +41,56 @@ def test_fused_steps_follow_torch_foreach_adamw():
     for (name, a), b in zip(fused_model.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.equal(fused_model.lm_head.weight, start)  # it trained
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = MiniLlama(ModelConfig.from_preset("debug"))
+    adamw, muon = build_optimizers(model, OptimSection(optimizer="muon"), "cpu")
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon_names = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    adamw_names = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert muon_names == {n for n, p in model.named_parameters() if n.startswith("model.layers.") and p.dim() == 2}
+    assert {"model.embed_tokens.weight", "model.norm.weight"} <= adamw_names  # (the head is tied to it)
+    assert muon_names.isdisjoint(adamw_names) and len(muon_names | adamw_names) == len(names)
+
+
+def test_a_muon_step_has_adamw_size_and_an_orthogonalised_direction():
+    """Muon moves a matrix by lr x an update whose RMS is about AdamW's (0.2: match_rms_adamw) and
+    whose singular values are nearly equal (Newton-Schulz), unlike the gradient's."""
+    torch.manual_seed(0)
+    model = MiniLlama(ModelConfig.from_preset("debug"))
+    _, muon = build_optimizers(model, OptimSection(optimizer="muon", lr=1e-2, weight_decay=0.0), "cpu")
+    weight = model.model.layers[0].mlp.down_proj.weight  # (64, 176)
+    before = weight.detach().clone()
+    x = torch.randint(0, 256, (8, 32))  # 256 tokens: a gradient of full rank
+    model(x, targets=x.roll(-1, 1)).loss.backward()
+    gradient = torch.linalg.svdvals(weight.grad)
+    muon.step()
+    update = (before - weight.detach()) / 1e-2
+    assert 0.12 < update.pow(2).mean().sqrt() < 0.3
+    singular = torch.linalg.svdvals(update)
+    assert singular.max() / singular.min() < 3 < gradient.max() / gradient.min()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_schedules_warm_up_and_end_at_the_floor(schedule):
+    optim = OptimSection(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, schedule=schedule, decay_fraction=0.2)
+    rates = [learning_rate(step, 100, optim) for step in range(101)]
+    assert rates[0] < rates[5] < rates[9] < 1.0 and max(rates) == pytest.approx(1.0)
+    assert rates[100] == pytest.approx(0.1) and all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    if schedule == "wsd":  # stable until the last 20 steps, then a straight line down
+        assert all(rate == 1.0 for rate in rates[10:80]) and rates[90] == pytest.approx(0.55)
+    else:
+        assert rates[55] == pytest.approx(0.55)
+
+
+def test_muon_under_fsdp_and_a_bad_decay_fraction_are_refused():
+    config = TrainConfig()
+    config.optim.optimizer, config.run.parallel = "muon", "fsdp"
+    with pytest.raises(ValueError, match="FSDP"):
+        config.validate()
+    config = TrainConfig()
+    config.optim.decay_fraction = 0
+    with pytest.raises(ValueError, match="decay_fraction"):
+        config.validate()

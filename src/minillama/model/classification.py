@@ -70,6 +70,9 @@ class MiniLlamaForSequenceClassification(nn.Module):
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.model.gradient_checkpointing = enabled
 
+    def blocks(self) -> nn.ModuleList:
+        return self.model.layers
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 label_smoothing: float = 0.0) -> SequenceClassifierOutput:

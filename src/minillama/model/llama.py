@@ -281,6 +281,10 @@ class MiniLlama(nn.Module):
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.model.gradient_checkpointing = enabled
 
+    def blocks(self) -> nn.ModuleList:
+        """The repeated blocks (sharded one by one under FSDP)."""
+        return self.model.layers
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 cache: KVCache | None = None, logits_to_keep: int = 0,

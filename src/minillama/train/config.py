@@ -73,8 +73,14 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    lr: float = _f(2e-3, "peak learning rate")
-    min_lr_ratio: float = _f(0.3, "final learning rate as a fraction of lr (cosine decay)")
+    optimizer: str = _f("adamw", "adamw; or muon: Muon (orthogonalised momentum) for the blocks' weight matrices, "
+                                 "AdamW for embeddings, head and norms", choices=("adamw", "muon"))
+    lr: float = _f(2e-3, "peak learning rate (Muon's updates are scaled to AdamW's size, so one lr serves both)")
+    schedule: str = _f("cosine", "cosine: warmup, then cosine decay to min_lr_ratio x lr; wsd: warmup, stable at lr, "
+                                 "then linear decay over the last decay_fraction of the steps",
+                       choices=("cosine", "wsd"))
+    min_lr_ratio: float = _f(0.3, "final learning rate as a fraction of lr")
+    decay_fraction: float = _f(0.2, "wsd: the share of the steps spent decaying")
     warmup_steps: int = _f(30, "linear warmup steps")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not applied to norms and biases)")
     beta1: float = _f(0.9, "AdamW beta1")
@@ -159,6 +165,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
         if self.optim.lr <= 0 or not 0 <= self.optim.min_lr_ratio <= 1:
             raise ValueError("optim.lr must be positive and optim.min_lr_ratio within [0, 1]")
+        if not 0 < self.optim.decay_fraction <= 1:
+            raise ValueError(f"optim.decay_fraction must be in (0, 1], got {self.optim.decay_fraction}")
+        if self.optim.optimizer == "muon" and self.run.parallel == "fsdp":
+            raise ValueError("optim.optimizer muon needs whole matrices, which FSDP shards: use run.parallel ddp")
         if self.optim.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.optim.warmup_steps}")
         if not 0 <= self.optim.label_smoothing < 1:

@@ -123,13 +123,14 @@ class Distributed:
             return get_model_state_dict(model, options=FULL)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-    def full_optimizer_state(self, wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    def full_optimizer_state(self, wrapped: nn.Module, optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
+        """The optimizers' state as one full (unsharded) dict keyed by parameter name."""
         model = getattr(wrapped, "_orig_mod", wrapped)
         model = getattr(model, "module", model)  # DDP
-        return get_optimizer_state_dict(model, optimizer, options=FULL)
+        return get_optimizer_state_dict(model, optimizers, options=FULL)
 
-    def load_optimizer_state(self, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
+    def load_optimizer_state(self, wrapped: nn.Module, optimizers: list[torch.optim.Optimizer],
                              state: dict[str, Any]) -> None:
         model = getattr(wrapped, "_orig_mod", wrapped)
         model = getattr(model, "module", model)
-        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(model, optimizers, state, options=StateDictOptions(full_state_dict=True))

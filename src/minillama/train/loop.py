@@ -33,7 +33,7 @@ from minillama.train import checkpoint as ckpt
 from minillama.train.config import TrainConfig
 from minillama.train.distributed import Distributed
 from minillama.train.metrics import MetricsLog
-from minillama.train.optim import build_optimizer, learning_rate
+from minillama.train.optim import build_optimizers, learning_rate
 from minillama.train.perf import peak_flops
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,9 @@ class Trainer:
             raise
         self.saved_step = self.step  # a resumed step is already saved
         self.wrapped = dist.wrap(model, config.run.parallel, compile=config.run.compile)
-        self.optimizer = build_optimizer(model, config.optim, self.device.type)
+        self.optimizers = build_optimizers(model, config.optim, self.device.type)
         if self._resumed is not None:
-            dist.load_optimizer_state(self.wrapped, self.optimizer, self._resumed.tensors["optimizer"])
+            dist.load_optimizer_state(self.wrapped, self.optimizers, self._resumed.tensors["optimizer"])
             self._restore_rng(self._resumed.tensors)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
 
@@ -173,6 +173,11 @@ class Trainer:
             return
         state = loaded.state
         self._check_same_model(loaded.path, state)
+        saved_optimizer = state.get("config", {}).get("optim", {}).get("optimizer", "adamw")
+        if saved_optimizer != self.config.optim.optimizer:
+            raise CheckpointError(f"{loaded.path} was trained with optim.optimizer {saved_optimizer}, whose state does "
+                                  f"not fit {self.config.optim.optimizer}: resume with {saved_optimizer}, or start a "
+                                  "new run elsewhere", remedy=ckpt.NEW_OUT_DIR)
         try:
             self.model.load_state_dict(self.model_files.read(loaded.path))
         except RuntimeError as exc:  # a checkpoint from before model shapes were saved with it
@@ -266,23 +271,30 @@ class Trainer:
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
         if self.scaler:
-            self.scaler.unscale_(self.optimizer)
+            for optimizer in self.optimizers:
+                self.scaler.unscale_(optimizer)
         clip = self.config.optim.grad_clip or float("inf")
         grad_norm = self.dist.clip_grad_norm(self.model, clip)
         loss_value = self.dist.mean(total)
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grad()
             self._nonfinite(loss_value, grad_norm)
             return loss_value, grad_norm
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if self.scaler:
+                self.scaler.step(optimizer)
+            else:
+                optimizer.step()
         if self.scaler:
-            self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         return loss_value, grad_norm
+
+    def _zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
 
     def _nonfinite(self, loss: float, grad_norm: float) -> None:
         what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {self.step + 1}"
@@ -312,7 +324,7 @@ class Trainer:
         """A checkpoint of the current step (collective under FSDP; rank 0 writes)."""
         self.saved_step = self.step
         model_state = self.dist.full_model_state(self.wrapped, self.model)
-        optim_state = self.dist.full_optimizer_state(self.wrapped, self.optimizer)
+        optim_state = self.dist.full_optimizer_state(self.wrapped, self.optimizers)
         if not self.dist.is_main:
             self.dist.barrier()
             return None
