@@ -110,6 +110,22 @@ def test_interpreted_kernels_in_float16_equal_sdpa(case, interpreter):
 
 
 @needs_triton
+def test_inputs_of_several_dtypes_are_computed_as_sdpa_computes_them(interpreter):
+    """The model under autocast hands over q, k in float32 (after RoPE) and v in the autocast dtype."""
+    q, k, v, _ = helpers.attention_inputs(1, 2, 1, 20, 20, 16, True, None)
+    half_v = v.detach().half()
+    out = flash_triton.flash_attention(q, k, half_v, causal=True, block=16)
+    assert out.dtype == torch.float32  # the widest
+    torch.testing.assert_close(out, helpers.sdpa_math_attention(q, k, half_v.float(), None, True),
+                               **TOLERANCE[torch.float32])
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = flash_triton.flash_attention(q, k, half_v, causal=True, block=16)
+        theirs = helpers.sdpa_math_attention(q, k, half_v, None, True)
+    assert out.dtype == theirs.dtype == torch.float16
+    torch.testing.assert_close(out, theirs, **TOLERANCE[torch.float16])
+
+
+@needs_triton
 def test_the_interpreter_is_not_asked_for_bfloat16(interpreter):
     q, k, v, _ = helpers.attention_inputs(1, 2, 2, 4, 4, 8, True, None, dtype=torch.bfloat16)
     with pytest.raises(MiniLlamaError, match="interpreter does not compute bfloat16 matrix products"):

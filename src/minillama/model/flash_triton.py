@@ -32,7 +32,7 @@ def default_block(dtype: torch.dtype) -> int:
     return 32 if dtype == torch.float32 else 64
 
 
-def _kernels() -> ModuleType:
+def load_kernels() -> ModuleType:
     """flash_triton_kernels, imported at the first call: Triton only when it is used."""
     try:
         from minillama.model import flash_triton_kernels
@@ -50,13 +50,13 @@ def interpreted() -> bool:
     the setting cannot change within a process."""
     from triton.runtime import JITFunction
 
-    return not isinstance(_kernels().forward_kernel, JITFunction)
+    return not isinstance(load_kernels().forward_kernel, JITFunction)
 
 
 def _checked_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                      block: int) -> ModuleType:
     """The kernels, or one clear line for what they cannot take, before Triton fails somewhere inside."""
-    kernels = _kernels()
+    kernels = load_kernels()
     if q.device.type != "cuda" and not interpreted():
         raise MiniLlamaError(f"attn_implementation 'flash_triton' runs on CUDA tensors, not {q.device.type}; "
                              "start Python with TRITON_INTERPRET=1 in the environment to run its kernels "
@@ -77,8 +77,8 @@ def _checked_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 def _common_arguments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                       causal: bool, block: int) -> tuple[tuple, dict]:
-    """The arguments every kernel takes, in their order: q, k, v and the mask's strides after the
-    tensors, then the sizes, then the compile-time switches (keywords)."""
+    """The arguments every kernel takes: after the tensors, the strides of q, k, v and the mask, the
+    sizes, and the compile-time switches (keywords)."""
     B, H, T, D = q.shape
     K, S = k.shape[1], k.shape[2]
     # The mask broadcast to (B, H, T, S) by zero strides (no copy), read as bytes.
@@ -86,16 +86,16 @@ def _common_arguments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     mask_strides = (0, 0, 0, 0) if mask is None else mask_bytes.stride()
     strides = (*q.stride(), *k.stride(), *v.stride(), *mask_strides)
     sizes = (H, H // K, T, S, D, S - T, 1.0 / math.sqrt(D))
+    return (mask_bytes, strides, sizes), kernel_switches(q.dtype, D, causal, mask is not None, block)
+
+
+def kernel_switches(dtype: torch.dtype, head_dim: int, causal: bool, masked: bool, block: int) -> dict:
+    """The kernels' compile-time arguments: Triton compiles a version of a kernel for each set."""
     # float32 products in full float32, as SDPA's math backend, unless torch allows TF32 (its setting)
-    tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    switches = dict(CAUSAL=causal, HAS_MASK=mask is not None, PRECISION="tf32" if tf32 else "ieee",
-                    BLOCK_M=block, BLOCK_N=block, BLOCK_D=max(16, _power_of_two(D)))
-    return (mask_bytes, strides, sizes), switches
-
-
-def _power_of_two(n: int) -> int:
-    """The smallest power of two >= n: Triton's tiles have power-of-two sides."""
-    return 1 << (n - 1).bit_length()
+    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    head_tile = max(16, 1 << (head_dim - 1).bit_length())  # a power of two (Triton's tiles), at least 16
+    return dict(CAUSAL=causal, HAS_MASK=masked, PRECISION="tf32" if tf32 else "ieee", BLOCK_M=block, BLOCK_N=block,
+                BLOCK_D=head_tile)
 
 
 def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -142,5 +142,16 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     """Exact attention by the Triton kernels: q (B, H, T, D), k, v (B, K, S, D) -> (B, H, T, D).
     mask: bool, broadcastable to (B, H, T, S) (a key padding mask is (B, 1, 1, S)), True = may
     attend; causal: query t sits at position S - T + t. CUDA tensors, or any with TRITON_INTERPRET=1.
-    Differentiable: `flash.FlashAttention` with these kernels for its two passes."""
+    Differentiable: `flash.FlashAttention` with these kernels for its two passes. Inputs of several
+    dtypes are computed in one, as SDPA does: autocast's where it is on, else the widest."""
+    dtype = _common_dtype(q, k, v)
+    q, k, v = (t.to(dtype) for t in (q, k, v))
     return FlashAttention.apply(q, k, v, mask, causal, block, (flash_forward, flash_backward))
+
+
+def _common_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype:
+    """Under autocast the model's q and k leave RoPE in float32 while v leaves its projection in
+    bfloat16: autocast's dtype then (SDPA's too), the widest of the three otherwise."""
+    if torch.is_autocast_enabled(q.device.type):
+        return torch.get_autocast_dtype(q.device.type)
+    return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
