@@ -1,7 +1,7 @@
 """FlashAttention in Triton (attn_implementation flash_triton) against torch's SDPA on a GPU.
 
     python benchmarks/bench_flash_triton.py [--batch 4] [--heads 16] [--kv-heads 4] [--seq 2048]
-                                            [--head-dim 64] [--dtype bfloat16] [--no-causal]
+                                            [--head-dim 64] [--dtype bfloat16] [--no-causal] [--block N]
     python benchmarks/bench_flash_triton.py --compile-only [--arch 90]    # no GPU needed
 
 On a CUDA device: forward and forward + backward times of the Triton kernels and of SDPA (torch's
@@ -39,7 +39,7 @@ def compile_only(args: argparse.Namespace) -> None:
         raise SystemExit("TRITON_INTERPRET=1 is set: unset it to compile the kernels")
     kernels = flash_triton.load_kernels()
     dtype = DTYPES[args.dtype]
-    block = flash_triton.default_block(dtype)
+    block = args.block or flash_triton.default_block(dtype)
     switches = flash_triton.kernel_switches(dtype, args.head_dim, not args.no_causal, True, block)
     print(f"sm_{args.arch}, {args.dtype}, head size {args.head_dim}, block {block}, with a mask, "
           f"causal {not args.no_causal}; triton {triton.__version__}")
@@ -49,7 +49,7 @@ def compile_only(args: argparse.Namespace) -> None:
         for arg in kernel.arg_names:
             signature[arg] = ("constexpr" if arg in switches else f"*{TRITON_TYPES[dtype]}" if arg in POINTERS
                               else "*u8" if arg == "Mask" else "*fp32" if arg in ("Lse", "Delta")
-                              else "fp32" if arg == "scale" else "i32")
+                              else ("i32",) * 4 if arg.endswith("_strides") else "fp32" if arg == "scale" else "i32")
         constants = {(kernel.arg_names.index(arg),): value for arg, value in switches.items()}
         start = time.perf_counter()
         compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants),
@@ -82,7 +82,7 @@ def benchmark(args: argparse.Namespace) -> None:
     k, v = (torch.randn(*shapes[1], device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
     grad = torch.randn_like(q)
     implementations = {
-        "flash_triton": lambda: flash_triton.flash_attention(q, k, v, causal=causal),
+        "flash_triton": lambda: flash_triton.flash_attention(q, k, v, causal=causal, block=args.block),
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                        enable_gqa=args.heads != args.kv_heads),
     }
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     parser.add_argument("--no-causal", action="store_true")
+    parser.add_argument("--block", type=int, default=None, help="tile size (default: flash_triton.default_block)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--compile-only", action="store_true", help="compile the kernels for --arch; no GPU needed")
     parser.add_argument("--arch", type=int, default=90, help="with --compile-only: the compute capability, e.g. 80")

@@ -76,17 +76,17 @@ def _checked_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 
 def _common_arguments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                      causal: bool, block: int) -> tuple[tuple, dict]:
-    """The arguments every kernel takes: after the tensors, the strides of q, k, v and the mask, the
-    sizes, and the compile-time switches (keywords)."""
+                      causal: bool, block: int) -> tuple[torch.Tensor, tuple, tuple, dict]:
+    """What every kernel takes: the mask's bytes (a placeholder tensor when there is none), the
+    strides of q, k, v and the mask, the sizes, and the compile-time switches (keywords)."""
     B, H, T, D = q.shape
     K, S = k.shape[1], k.shape[2]
     # The mask broadcast to (B, H, T, S) by zero strides (no copy), read as bytes.
     mask_bytes = q if mask is None else mask.expand(B, H, T, S).view(torch.uint8)
     mask_strides = (0, 0, 0, 0) if mask is None else mask_bytes.stride()
-    strides = (*q.stride(), *k.stride(), *v.stride(), *mask_strides)
+    strides = (q.stride(), k.stride(), v.stride(), mask_strides)
     sizes = (H, H // K, T, S, D, S - T, 1.0 / math.sqrt(D))
-    return (mask_bytes, strides, sizes), kernel_switches(q.dtype, D, causal, mask is not None, block)
+    return mask_bytes, strides, sizes, kernel_switches(q.dtype, D, causal, mask is not None, block)
 
 
 def kernel_switches(dtype: torch.dtype, head_dim: int, causal: bool, masked: bool, block: int) -> dict:
@@ -107,11 +107,11 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     block = default_block(q.dtype) if block is None else block
     kernels = _checked_kernels(q, k, v, mask, block)
     B, H, T, D = q.shape
-    (mask_bytes, strides, sizes), switches = _common_arguments(q, k, v, mask, causal, block)
+    mask_bytes, strides, sizes, switches = _common_arguments(q, k, v, mask, causal, block)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     grid = (math.ceil(T / block), B * H)  # one program per query tile and head
-    kernels.forward_kernel[grid](q, k, v, mask_bytes, out, lse, *strides, *out.stride(), *sizes, **switches)
+    kernels.forward_kernel[grid](q, k, v, mask_bytes, out, lse, *strides, out.stride(), *sizes, **switches)
     return out, lse
 
 
@@ -124,16 +124,18 @@ def flash_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     kernels = _checked_kernels(q, k, v, mask, block)
     B, H, T, D = q.shape
     K, S = k.shape[1], k.shape[2]
-    (mask_bytes, strides, sizes), switches = _common_arguments(q, k, v, mask, causal, block)
+    mask_bytes, strides, sizes, switches = _common_arguments(q, k, v, mask, causal, block)
     delta = (grad_out.float() * out.float()).sum(dim=-1).contiguous()  # D_i = rowsum(dO * O), (B, H, T)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    common = (*strides, *grad_out.stride(), *sizes)
+    # one program per key tile and K/V head, then one per query tile and query head
     kernels.backward_dkdv_kernel[(math.ceil(S / block), B * K)](q, k, v, mask_bytes, grad_out, lse, delta, dk, dv,
-                                                                 *common, **switches)
+                                                                 *strides, grad_out.stride(), dk.stride(), *sizes,
+                                                                 **switches)
     kernels.backward_dq_kernel[(math.ceil(T / block), B * H)](q, k, v, mask_bytes, grad_out, lse, delta, dq,
-                                                               *common, **switches)
+                                                               *strides, grad_out.stride(), dq.stride(), *sizes,
+                                                               **switches)
     return dq, dk, dv
 
 
