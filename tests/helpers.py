@@ -56,3 +56,16 @@ def sdpa_math_attention(q, k, v, mask, causal):
         mask = lower if mask is None else mask & lower
     with sdpa_kernel(SDPBackend.MATH):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def attention_logsumexp(q, k, mask, causal):
+    """log sum_j exp(q . k_j / sqrt(D)) over the keys each query may see: (B, H, T), -inf for none."""
+    B, H, T, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    scores = q @ k.repeat_interleave(H // K, dim=1).transpose(-1, -2) / D**0.5
+    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed.tril(S - T)
+    if mask is not None:
+        allowed = allowed & mask
+    return torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)

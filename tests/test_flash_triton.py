@@ -8,7 +8,6 @@ each block operation done by NumPy on CPU tensors). It is slow, so the shapes he
 CUDA device the same comparisons run on the compiled kernels too (float32 and bfloat16)."""
 
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -64,19 +63,6 @@ def compiler():
         pytest.skip("Triton was imported with TRITON_INTERPRET=1: the kernels are interpreted in this process")
 
 
-def logsumexp_reference(q, k, mask, causal):
-    """log sum_j exp(q . k_j / sqrt(D)) over the keys each query may see: (B, H, T), -inf for none."""
-    B, H, T, D = q.shape
-    K, S = k.shape[1], k.shape[2]
-    scores = q @ k.repeat_interleave(H // K, dim=1).transpose(-1, -2) / math.sqrt(D)
-    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device)
-    if causal:
-        allowed = allowed.tril(S - T)
-    if mask is not None:
-        allowed = allowed & mask
-    return torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-
-
 def compare_with_sdpa(case, dtype, tolerance, device="cpu"):
     B, H, K, T, S, D, causal, mask = CASES[case]
     q, k, v, mask = helpers.attention_inputs(*CASES[case], dtype=dtype, device=device)
@@ -91,7 +77,7 @@ def compare_with_sdpa(case, dtype, tolerance, device="cpu"):
     theirs = helpers.sdpa_math_attention(q, k, v, mask, causal)
     theirs.backward(grad.float())
     torch.testing.assert_close(ours.float(), theirs, **tolerance)
-    torch.testing.assert_close(lse, logsumexp_reference(q.detach(), k.detach(), mask, causal), **tolerance)
+    torch.testing.assert_close(lse, helpers.attention_logsumexp(q.detach(), k.detach(), mask, causal), **tolerance)
     for mine, t in zip(ours_grads, (q, k, v), strict=True):
         torch.testing.assert_close(mine.float(), t.grad, **tolerance)
 

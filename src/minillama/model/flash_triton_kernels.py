@@ -10,7 +10,8 @@ and accumulates its dQ over every key tile. Both recompute the probabilities fro
 log-sum-exp, as `flash_backward` does.
 
 This module needs Triton (`pip install triton`); `flash_triton.py` imports it only when the kernels
-run. Under TRITON_INTERPRET=1 Triton runs these same functions through NumPy on CPU tensors.
+run. With TRITON_INTERPRET=1 in the environment when Triton is imported, Triton runs these same
+functions through NumPy, on CPU tensors too.
 
 Shapes as in `flash.py`: B batch, H query heads, K key/value heads (G = H / K), T queries, S keys,
 D head size (padded to BLOCK_D, a power of two: loads and stores mask the padding). Every (B, heads,
@@ -55,6 +56,16 @@ def _scores(q, k, rows, cols, T, S, offset, scale, mask_head, mask_strides,
         pointers = mask_head + rows[:, None] * mask_strides[2] + cols[None, :] * mask_strides[3]
         allowed = allowed & (tl.load(pointers, mask=inside, other=0) != 0)
     return tl.where(allowed, s, float("-inf"))
+
+
+@triton.jit
+def _load_lse_delta(Lse, Delta, b, h, H, T, rows):
+    """L_i and D_i = rowsum(dO_i * O_i) of a query tile, from (B, H, T) float32. Rows that saw
+    nothing (L = -inf) and rows past the end get L = +inf: P = exp(S - L) = 0 there."""
+    at = (b * H + h) * T + rows
+    lse = tl.load(Lse + at, mask=rows < T, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    return lse, tl.load(Delta + at, mask=rows < T, other=0.0)
 
 
 @triton.jit
@@ -170,13 +181,3 @@ def backward_dq_kernel(Q, K, V, Mask, dO, Lse, Delta, dQ, q_strides, k_strides, 
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)  # dQ_i += dS_ij K_j
     _store_rows(_head(dQ, dq_strides, b, h), dq_strides, dq * scale, rows, T, dims, D)
-
-
-@triton.jit
-def _load_lse_delta(Lse, Delta, b, h, H, T, rows):
-    """L_i and D_i = rowsum(dO_i * O_i) of a query tile, from (B, H, T) float32. Rows that saw
-    nothing (L = -inf) and rows past the end get L = +inf: P = exp(S - L) = 0 there."""
-    at = (b * H + h) * T + rows
-    lse = tl.load(Lse + at, mask=rows < T, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    return lse, tl.load(Delta + at, mask=rows < T, other=0.0)
