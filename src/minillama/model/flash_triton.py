@@ -27,7 +27,7 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 def default_block(dtype: torch.dtype) -> int:
     """Queries / keys per tile: 64, or 32 for float32, whose tiles take twice the shared memory (the
-    backward kernels at 64 need up to 218 KB with head size 128, more than most GPUs have). At least
+    backward kernels at 64 need up to 213 KiB with head size 128, more than most GPUs have). At least
     16: the smallest matrix product tl.dot takes."""
     return 32 if dtype == torch.float32 else 64
 
