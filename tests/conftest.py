@@ -3,11 +3,19 @@ the shipped TinyStories sample (offline)."""
 
 import gzip
 import itertools
+import os
 
 import pytest
 import torch
 
 from minillama.assets import asset_path
+
+# Triton compiles kernels for a GPU or, with TRITON_INTERPRET=1, runs them through NumPy on the CPU.
+# It reads the variable once, when it is imported, and torch imports it early (with torch._dynamo,
+# which the model imports): so it is set here, before any test module is collected. Without a CUDA
+# device the interpreter is the only way the kernels run (tests/test_flash_triton.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

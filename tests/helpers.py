@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minillama.model import MiniLlama, ModelConfig
 
@@ -26,3 +28,44 @@ def numpy_twin(model: MiniLlama):
     from minillama.numpy_model import NumpyLlama
 
     return NumpyLlama(model.config, {k: v.detach().numpy() for k, v in model.state_dict().items()})
+
+
+def attention_inputs(B, H, K, T, S, D, causal, mask, dtype=torch.float32, device="cpu"):
+    """Seeded q (B, H, T, D), k, v (B, K, S, D) that require grad, and a bool mask: None, "keys" (left
+    padding of row 0, (B, 1, 1, S)) or "dense" (random, (B, 1, T, S), key 0 always allowed).
+    `causal` is unused: the arguments unpack an attention test's case."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(*shape, generator=generator, dtype=dtype).to(device).requires_grad_()
+               for shape in ((B, H, T, D), (B, K, S, D), (B, K, S, D)))
+    if mask == "keys":  # left padding: the first keys of row 0 are padding
+        keep = torch.ones(B, S, dtype=torch.bool)
+        keep[0, :3] = False
+        mask = keep[:, None, None, :].to(device)
+    elif mask == "dense":
+        mask = torch.rand(B, 1, T, S, generator=generator) > 0.3
+        mask[..., 0] = True
+        mask = mask.to(device)
+    return q, k, v, mask
+
+
+def sdpa_math_attention(q, k, v, mask, causal):
+    """The reference: torch's SDPA math backend, the causal mask with queries at positions S - T + t."""
+    if causal:
+        T, S = q.shape[2], k.shape[2]
+        lower = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        mask = lower if mask is None else mask & lower
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def attention_logsumexp(q, k, mask, causal):
+    """log sum_j exp(q . k_j / sqrt(D)) over the keys each query may see: (B, H, T), -inf for none."""
+    B, H, T, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    scores = q @ k.repeat_interleave(H // K, dim=1).transpose(-1, -2) / D**0.5
+    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed.tril(S - T)
+    if mask is not None:
+        allowed = allowed & mask
+    return torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)

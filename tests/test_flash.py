@@ -6,8 +6,6 @@ import helpers
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minillama.model.flash import flash_attention, flash_forward
 from minillama.numpy_model import flash_attention_forward
@@ -26,62 +24,34 @@ CASES = {
 }
 
 
-def inputs(B, H, K, T, S, D, causal, mask, dtype=torch.float32):
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(*shape, generator=generator, dtype=dtype).requires_grad_()
-               for shape in ((B, H, T, D), (B, K, S, D), (B, K, S, D)))
-    if mask == "keys":  # left padding: the first keys of row 0 are padding
-        keep = torch.ones(B, S, dtype=torch.bool)
-        keep[0, :3] = False
-        mask = keep[:, None, None, :]
-    elif mask == "dense":
-        mask = torch.rand(B, 1, T, S, generator=generator) > 0.3
-        mask[..., 0] = True
-    return q, k, v, mask
-
-
-def reference(q, k, v, mask, causal):
-    if causal:
-        T, S = q.shape[2], k.shape[2]
-        lower = torch.ones(T, S, dtype=torch.bool).tril(S - T)
-        mask = lower if mask is None else mask & lower
-    with sdpa_kernel(SDPBackend.MATH):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_outputs_and_gradients_equal_sdpa(case):
     B, H, K, T, S, D, causal, mask = CASES[case]
-    q, k, v, mask = inputs(*CASES[case])
+    q, k, v, mask = helpers.attention_inputs(*CASES[case])
     grad = torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(1))
     ours = flash_attention(q, k, v, mask, causal, block=16)  # several tiles, the last ones short
     ours.backward(grad)
     ours_grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
-    theirs = reference(q, k, v, mask, causal)
+    theirs = helpers.sdpa_math_attention(q, k, v, mask, causal)
     theirs.backward(grad)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     for mine, t in zip(ours_grads, (q, k, v), strict=True):
         torch.testing.assert_close(mine, t.grad, atol=1e-5, rtol=1e-5)
     # the saved log-sum-exp is each row's logsumexp over the scores it may see
     with torch.no_grad():
-        scores = q.view(B, K, H // K, T, D) @ k.unsqueeze(2).transpose(-1, -2) / D**0.5
-        allowed = torch.ones(T, S, dtype=torch.bool).tril(S - T) if causal else torch.ones(T, S, dtype=torch.bool)
-        if mask is not None:
-            allowed = allowed & mask.view(mask.shape[0], 1, -1, *mask.shape[-2:])
-        expected = scores.masked_fill(~allowed, float("-inf")).logsumexp(-1).view(B, H, T)
-        torch.testing.assert_close(flash_forward(q, k, v, mask, causal, block=16)[1], expected,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(flash_forward(q, k, v, mask, causal, block=16)[1],
+                                   helpers.attention_logsumexp(q, k, mask, causal), atol=1e-5, rtol=1e-5)
 
 
 def test_gradcheck_in_float64():
-    q, k, v, mask = inputs(1, 2, 1, 7, 7, 4, True, "keys", dtype=torch.float64)
+    q, k, v, mask = helpers.attention_inputs(1, 2, 1, 7, 7, 4, True, "keys", dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a, b, c: flash_attention(a, b, c, mask, True, 3), (q, k, v))
 
 
 def test_a_fully_masked_row_gives_zeros_not_nan():
-    q, k, v, _ = inputs(1, 2, 2, 4, 4, 8, True, None)
+    q, k, v, _ = helpers.attention_inputs(1, 2, 2, 4, 4, 8, True, None)
     keep = torch.tensor([[False, True, True, True]])[:, None, None, :]  # query 0 sees only key 0: padding
     out = flash_attention(q, k, v, keep, causal=True, block=2)
     assert torch.isfinite(out).all() and out[:, :, 0].abs().max() == 0
@@ -117,7 +87,7 @@ def test_the_model_with_flash_tiled_equals_sdpa_and_trains_alike():
 
 @pytest.mark.parametrize("case", ["causal-mqa-cache", "key-padding", "dense-mask", "full-gqa"])
 def test_the_numpy_twin_computes_the_torch_forward(case):
-    q, k, v, mask = inputs(*CASES[case])
+    q, k, v, mask = helpers.attention_inputs(*CASES[case])
     causal = CASES[case][6]
     with torch.no_grad():
         out, lse = (t.numpy() for t in flash_forward(q, k, v, mask, causal, block=16))

@@ -19,7 +19,7 @@ ROPE_TYPES: dict[str, tuple[str, ...]] = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "yarn": ("factor",),
 }
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_tiled")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_tiled", "flash_triton")
 IGNORE_INDEX = -100  # a label that counts for no loss (transformers' convention): prompts, padding
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  # blocks transformers' Llama cannot express (post-norm, sandwich): a model_type it does
@@ -60,7 +60,9 @@ class ModelConfig:
                                     "sandwich: x + norm(f(norm(x))). Only pre exports to transformers")
     attn_implementation: str = _f("sdpa", "sdpa: torch's fused kernel (flash attention on GPU); eager: the "
                                           "explicit softmax(QK^T / sqrt(d) + mask) V; flash_tiled: FlashAttention "
-                                          "written out in PyTorch (model/flash.py), for reading and testing")
+                                          "written out in PyTorch (model/flash.py), for reading and testing; "
+                                          "flash_triton: the same as Triton kernels (model/flash_triton.py), "
+                                          "CUDA only (pip install triton)")
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:

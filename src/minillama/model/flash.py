@@ -131,20 +131,22 @@ def flash_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
 
 
 class FlashAttention(torch.autograd.Function):
-    """softmax(Q K^T / sqrt(D) + mask) V with the memory of a few tiles, forward and backward."""
+    """softmax(Q K^T / sqrt(D) + mask) V with the memory of a few tiles, forward and backward.
+    `passes` = (forward, backward): this module's flash_forward and flash_backward, or the same
+    two functions of another implementation (the Triton kernels' in flash_triton.py)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, causal, block):
-        out, lse = flash_forward(q, k, v, mask, causal, block)
+    def forward(ctx, q, k, v, mask, causal, block, passes):
+        out, lse = passes[0](q, k, v, mask, causal, block)
         ctx.save_for_backward(q, k, v, out, lse)  # the log-sum-exp: no probability matrix is kept
-        ctx.mask, ctx.causal, ctx.block = mask, causal, block
+        ctx.mask, ctx.causal, ctx.block, ctx.backward_pass = mask, causal, block, passes[1]
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = flash_backward(grad_out, q, k, v, out, lse, ctx.mask, ctx.causal, ctx.block)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = ctx.backward_pass(grad_out, q, k, v, out, lse, ctx.mask, ctx.causal, ctx.block)
+        return dq, dk, dv, None, None, None, None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -152,4 +154,4 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     """Exact attention, tiled (see the module docstring): q (B, H, T, D), k, v (B, K, S, D) ->
     (B, H, T, D). mask: bool, broadcastable to (B, H, T, S) (a key padding mask is (B, 1, 1, S)),
     True = may attend; causal: query t sits at position S - T + t."""
-    return FlashAttention.apply(q, k, v, mask, causal, block)
+    return FlashAttention.apply(q, k, v, mask, causal, block, (flash_forward, flash_backward))

@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from minillama.model import io
+from minillama.model import flash, flash_triton, io
 from minillama.model.cache import KVCache
 from minillama.model.config import ModelConfig, load_config
-from minillama.model.flash import flash_attention
 from minillama.model.loss import Workspace, causal_lm_loss, linear_cross_entropy
 from minillama.model.masks import prepare_attention
 from minillama.model.rope import rope_inverse_frequencies
@@ -119,7 +118,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                           enable_gqa=k.shape[1] != q.shape[1])
 
 
-ATTENTION = {"eager": eager_attention, "sdpa": sdpa_attention, "flash_tiled": flash_attention}
+ATTENTION = {"eager": eager_attention, "sdpa": sdpa_attention, "flash_tiled": flash.flash_attention,
+             "flash_triton": flash_triton.flash_attention}
 
 
 class Attention(nn.Module):
