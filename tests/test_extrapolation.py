@@ -59,9 +59,9 @@ def test_every_length_and_scaling_in_the_table_the_json_and_the_plot(checkpoint,
         assert result["windows"] == 2 * 256 // length and result["predicted"] == 2 * 256
         assert result["loss"] == pytest.approx(sum(result["per_position_loss"]) / length, rel=1e-4)
         assert 0 < result["bits_per_byte"] < 10
-    # the factor rule: length / context (at least 1) for linear / yarn / llama3, 1 for dynamic
+    # the factor rule: length / context, at least 1
     assert [results[(n, "linear")]["factor"] for n in (32, 64, 256)] == [1.0, 1.0, 2.0]
-    assert results[(256, "dynamic")]["factor"] == 1.0 and results[(256, "none")]["factor"] is None
+    assert results[(256, "dynamic")]["factor"] == 2.0 and results[(256, "none")]["factor"] is None
     assert results[(256, "yarn")]["rope_scaling"] == {"rope_type": "yarn", "factor": 2.0,
                                                       "original_max_position_embeddings": CONTEXT}
     assert results[(256, "llama3")]["rope_scaling"]["low_freq_factor"] == 1.0

@@ -28,10 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--context-lengths: the same at several window lengths, beyond the trained context too, "
                     "under several RoPE scalings (no retraining), written to the run directory (or --out) as "
                     "extrapolation.json, extrapolation.md (the table) and extrapolation.png (loss by length "
-                    "and by position). Scaling factors: linear, yarn, llama3 use length / trained context "
-                    "(at least 1) with original_max_position_embeddings = the trained context (llama3 with "
-                    "transformers' low/high frequency factors 1 and 4); dynamic uses factor 1, which raises "
-                    "the RoPE base by (length / trained context)^(D/(D-2)); NAME:F fixes a factor.")
+                    "and by position). Each scaling's factor is length / trained context (at least 1), with "
+                    "original_max_position_embeddings = the trained context (llama3 with transformers' low/high "
+                    "frequency factors 1 and 4); NAME:F fixes the factor at F for every length.")
     add_checkpoint_option(evaluate, "model (with its tokenizer files)")
     evaluate.add_argument("--dataset", default="tinystories-sample", help="dataset name or path")
     evaluate.add_argument("--split", default="val", choices=["val", "train"],

@@ -7,14 +7,14 @@ length and into proportionally more, shorter windows for the other lengths. A le
 differs from another's only by how much context each prediction had and by what RoPE made of
 positions the model never trained on.
 
-The factor for a length L, when the trained context (`max_position_embeddings`) is C:
-- linear, yarn, llama3: L / C (at least 1), with original_max_position_embeddings C: the least
-  stretch that brings every position back within the angles the model trained on. llama3's
-  low_freq_factor 1 and high_freq_factor 4 are transformers' usual values (Llama 3.1's).
-- dynamic: 1. transformers raises the base by ((factor · L / C) - (factor - 1))^(D / (D - 2)) for a
-  sequence of L > C tokens; factor 1 makes that (L / C)^(D / (D - 2)), NTK-aware scaling by
-  exactly the length ratio, where a larger factor stretches further than L needs.
-- NAME:F (e.g. yarn:16) fixes the factor at F for every length instead.
+The factor for a length L, when the trained context (`max_position_embeddings`) is C, is L / C (at
+least 1) for every scaling: the least stretch that brings every position of the window back
+within the angles the model trained on; yarn and llama3 get original_max_position_embeddings C
+(dynamic reads C from max_position_embeddings), llama3 low_freq_factor 1 and high_freq_factor 4,
+transformers' usual values (Llama 3.1's). dynamic raises the base by
+((factor · L / C) - (factor - 1))^(D / (D - 2)): with factor L / C as if the window were
+(L/C)² - L/C + 1 contexts long (241 at 16×), with dynamic:1 exactly L / C (NTK-aware scaling by
+the length ratio). NAME:F (e.g. yarn:16, dynamic:1) fixes the factor at F for every length.
 Within the trained context every factor is 1: RoPE as trained.
 """
 
@@ -36,10 +36,9 @@ DEFAULT_MAX_WINDOWS = 8
 LLAMA3_FREQ_FACTORS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}  # transformers' usual values
 KIND = "length-extrapolation"  # what the manifest of an --out directory names it
 FILES = ("extrapolation.json", "extrapolation.md", "extrapolation.png")
-FACTOR_RULE = ("linear, yarn, llama3: factor = length / trained context (at least 1), "
-               "original_max_position_embeddings = trained context; llama3 low_freq_factor 1, "
-               "high_freq_factor 4 (transformers' defaults); dynamic: factor 1, which raises the RoPE base "
-               "by (length / trained context)^(D/(D-2)) beyond the context; NAME:F fixes the factor at F")
+FACTOR_RULE = ("factor = length / trained context (at least 1) for linear, dynamic, yarn and llama3; "
+               "original_max_position_embeddings = trained context (yarn, llama3); llama3 low_freq_factor 1, "
+               "high_freq_factor 4 (transformers' defaults); NAME:F fixes the factor at F")
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class Scaling:
             return None
         if self.factor is not None:
             return self.factor
-        return 1.0 if self.name == "dynamic" else max(1.0, length / context)
+        return max(1.0, length / context)
 
     def rope_scaling(self, length: int, context: int) -> dict[str, Any] | None:
         """The `ModelConfig.rope_scaling` dict (transformers' form) for windows of `length` tokens."""
@@ -210,13 +209,13 @@ def plot_extrapolation(report: dict[str, Any], out: Path) -> Path | None:
         return None
     context, longest = report["trained_context"], report["lengths"][-1]
     fig, (by_length, by_position) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    edges = _position_bins(longest)
     for label in report["scalings"]:
         rows = [r for r in report["results"] if r["scaling"] == label]
         by_length.plot([r["length"] for r in rows], [r["loss"] for r in rows], "o-", label=label, linewidth=1.5,
                        markersize=4)
         last = rows[-1]
         losses = np.asarray(last["per_position_loss"])
-        edges = np.unique(np.geomspace(1, longest + 1, 60).astype(int))  # over p + 1 = tokens seen
         centres, means = [], []
         for lo, hi in zip(edges[:-1], edges[1:]):
             centres.append(math.sqrt(lo * hi))
@@ -246,6 +245,20 @@ def report_json(report: dict[str, Any]) -> str:
     head = json.dumps({key: value for key, value in report.items() if key != "results"}, indent=1)
     results = ",\n".join("  " + json.dumps(result) for result in report["results"])
     return head[:-2] + ',\n "results": [\n' + results + "\n ]\n}\n"
+
+
+def _position_bins(length: int, count: int = 48) -> list[int]:
+    """Edges over tokens seen (position + 1, from 1 to length + 1): log-spaced, but no bin narrower
+    than length / 256 positions, so a few windows still average to a readable curve."""
+    import numpy as np
+
+    width = max(1, length // 256)
+    edges = [1]
+    for edge in np.geomspace(1, length + 1, count).astype(int)[1:]:
+        if edge - edges[-1] >= width:
+            edges.append(int(edge))
+    edges[-1] = length + 1
+    return edges
 
 
 def extrapolation_destination(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *,
