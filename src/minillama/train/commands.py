@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="which part of a named dataset; a file path is evaluated whole")
     evaluate.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's)")
     evaluate.add_argument("--seq-len", type=positive_int, help="window length (default: the model's context)")
-    evaluate.add_argument("--batch-size", type=positive_int, default=8)
+    evaluate.add_argument("--batch-size", type=positive_int, default=8,
+                          help="windows per forward pass (with --context-lengths: as many tokens as this many "
+                               "windows of the trained context)")
     evaluate.add_argument("--device", default="auto")
     extrapolation = evaluate.add_argument_group(
         "length extrapolation", "every length reads the same text: the documents concatenated in order, with the "
@@ -55,7 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extrapolation.add_argument("--overwrite", action="store_true",
                                help="let --out replace a directory that is not an earlier such output")
     evaluate.set_defaults(func=run_eval)
-
 
 
 def run_train(args: argparse.Namespace) -> int:
