@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def positive_int(text: str) -> int:
@@ -19,6 +23,25 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text}")
     return value
+
+
+def comma_separated(item: Callable[[str], T]) -> Callable[[str], tuple[T, ...]]:
+    """A list given as "256,512,1024": each part checked by `item` (an option type such as
+    `positive_int`, or a parser raising ValueError), the first bad one named."""
+
+    def parse(text: str) -> tuple[T, ...]:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list with no empty item, got {text!r}")
+        values = []
+        for part in parts:
+            try:
+                values.append(item(part))
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise argparse.ArgumentTypeError(f"{exc} (in {text!r})") from None
+        return tuple(values)
+
+    return parse
 
 
 def _int(text: str) -> int:

@@ -1,4 +1,5 @@
-"""Metrics: one JSON object per line in OUT/metrics.jsonl, and the loss curve as OUT/loss.png."""
+"""Metrics: one JSON object per line in OUT/metrics.jsonl, and the loss curve as OUT/loss.png
+(`pyplot` and `save_figure` draw the other commands' pictures too)."""
 
 from __future__ import annotations
 
@@ -59,14 +60,34 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def plot_loss_curve(records: list[dict[str, Any]], out: Path) -> Path | None:
-    """Train and validation loss against tokens seen, written atomically. None without matplotlib."""
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (no display needed), or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Write a figure as PNG atomically (readers see the old picture or the new one) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def plot_loss_curve(records: list[dict[str, Any]], out: Path) -> Path | None:
+    """Train and validation loss against tokens seen, written atomically. None without matplotlib."""
+    plt = pyplot()
+    if plt is None:
         return None
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
     val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
@@ -81,9 +102,4 @@ def plot_loss_curve(records: list[dict[str, Any]], out: Path) -> Path | None:
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, out)
