@@ -62,7 +62,7 @@ def load_bert(cls: type, directory: Path, device: str | torch.device = "cpu") ->
             "ForSequenceClassification") else cls(config, init=False)
     state = read_bert_state(directory)
     model_io.load_strictly(model, state, directory)
-    return model.to(device)
+    return model.to(device).eval()  # as transformers loads models: dropout off until .train()
 
 
 def classifier_labels(directory: Path) -> list[str]:
@@ -71,3 +71,34 @@ def classifier_labels(directory: Path) -> list[str]:
     if not id2label:
         raise CheckpointError(f"{directory} has no id2label: it is not a sequence classifier")
     return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def save_bert(model: nn.Module, out_dir: str | Path, tokenizer: Any = None, *, overwrite: bool = False,
+              inputs: tuple[str | Path | None, ...] = ()) -> Path:
+    """Export a BertForMaskedLM / BertForSequenceClassification (with its tokenizer) to a directory
+    that transformers' `AutoModelForMaskedLM` / `AutoModelForSequenceClassification` and
+    `AutoTokenizer` load with no extra code. `out_dir`: new, empty or an earlier export of the same
+    kind (`files.check_output`)."""
+    from minillama.files import atomic_directory
+
+    out_dir = Path(out_dir)
+    labels = getattr(model, "labels", None)
+    with atomic_directory(out_dir, "classifier" if labels else "model", overwrite=overwrite, inputs=inputs) as tmp:
+        write_bert_dir(model.config, model.state_dict(), tmp, model.architecture, labels)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+def load_bert_dir(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A BERT directory (ours or transformers'), as the class its config.json names."""
+    from minillama.bert.model import BertForMaskedLM, BertForSequenceClassification
+
+    directory = Path(directory)
+    classes = {c.architecture: c for c in (BertForMaskedLM, BertForSequenceClassification)}
+    found = architecture_of(directory)
+    load_bert_config(directory)  # a model of another family is refused here, by name
+    if found not in classes:
+        raise CheckpointError(f"{directory} holds a {found or 'model without architectures'}; minillama reads "
+                              f"BERT directories of {' or '.join(classes)}")
+    return load_bert(classes[found], directory, device)
