@@ -241,6 +241,12 @@ CASES = {
     "sample a folder that is no model": (["sample", "--checkpoint", "foreign"], ["is not a model directory"], None),
     "classify eval of a causal model": (["classify", "eval", "--checkpoint", "hf"],
                                         ["is not a sequence classifier"], None),
+    # ---- BERT -----------------------------------------------------------------------------------------
+    "bert fill-mask without [MASK]": (["bert", "fill-mask", "--checkpoint", "hf", "--text", "Lily went home."],
+                                      ["--text has no [MASK] to fill", "Lily went to the [MASK]."], None),
+    "bert fill-mask of a causal model": (["bert", "fill-mask", "--checkpoint", "hf", "--text", "A [MASK]."],
+                                         ["is not a BERT model", "minillama bert pretrain"], None),
+    "bert eval of a causal model": (["bert", "eval", "--checkpoint", "run"], ["is not a BERT model"], None),
 }
 
 
