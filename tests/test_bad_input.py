@@ -241,6 +241,12 @@ CASES = {
     "sample a folder that is no model": (["sample", "--checkpoint", "foreign"], ["is not a model directory"], None),
     "classify eval of a causal model": (["classify", "eval", "--checkpoint", "hf"],
                                         ["is not a sequence classifier"], None),
+    # ---- BERT -----------------------------------------------------------------------------------------
+    "bert fill-mask without [MASK]": (["bert", "fill-mask", "--checkpoint", "hf", "--text", "Lily went home."],
+                                      ["--text has no [MASK] to fill", "Lily went to the [MASK]."], None),
+    "bert fill-mask of a causal model": (["bert", "fill-mask", "--checkpoint", "hf", "--text", "A [MASK]."],
+                                         ["is not a BERT model", "minillama bert pretrain"], None),
+    "bert eval of a causal model": (["bert", "eval", "--checkpoint", "run"], ["is not a BERT model"], None),
 }
 
 
@@ -301,3 +307,23 @@ def test_given_token_files_are_trained_on_as_they_are(small_corpus, tmp_path, ca
     state = json.loads((tmp_path / "run/checkpoints/step-000002/trainer_state.json").read_text())
     assert state["data"]["num_tokens"] == json.loads((prepared / "meta.json").read_text())["train_tokens"]
     assert not (tmp_path / "run" / "data").exists() and not (tmp_path / "run" / "tokenizer").exists()
+
+
+def test_classification_labels_that_are_no_class_ids_are_one_line(small_corpus, tmp_path, capsys):
+    """A label file with a class id the classifier does not have, or a word for a label."""
+    from minillama.bert import BertConfig, BertForSequenceClassification
+    from minillama.bert.io import save_bert
+    from minillama.bert.tokenizer import train_bert_tokenizer
+
+    tokenizer = train_bert_tokenizer(small_corpus[2], 300)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    save_bert(BertForSequenceClassification(config, ["negative", "positive"]), tmp_path / "clf", tokenizer)
+    (tmp_path / "ids.tsv").write_text("label\tsentence\n1\ta fine film\n7\tdull\n")
+    (tmp_path / "words.tsv").write_text("label\tsentence\npositive\ta fine film\n")
+    for data, words in (("ids.tsv", ["ids.tsv:3", "class id 7 is not one of the classifier's 2 classes"]),
+                        ("words.tsv", ["words.tsv:2", "expected '<class id>\\t<sentence>'"])):
+        code = main(["classify", "eval", "--checkpoint", str(tmp_path / "clf"), "--data", str(tmp_path / data)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert all(word in lines[0] for word in words), lines[0]

@@ -344,8 +344,11 @@ def _inspect_tokenizer(tokenizer_dir) -> tuple[Path, int, int]:
     tokenizer_json = _tokenizer_json(tokenizer_dir)
     tokenizer = _load_tokenizer(tokenizer_json)
     eos_id = tokenizer.token_to_id(EOT)
+    if eos_id is None:  # a BERT tokenizer: [SEP] ends each document, as RoBERTa's </s> does
+        eos_id = tokenizer.token_to_id("[SEP]")
     if eos_id is None:
-        raise MiniLlamaError(f"the tokenizer in {tokenizer_dir} has no {EOT} token to separate documents")
+        raise MiniLlamaError(f"the tokenizer in {tokenizer_dir} has no {EOT} token (nor a BERT [SEP]) to separate "
+                             "documents")
     return tokenizer_json, eos_id, max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
 
 

@@ -2,9 +2,14 @@
 
 The model is `MiniLlamaForSequenceClassification`: a pretrained decoder (`--base DIR`) or a fresh
 one (`--model.preset`, with a tokenizer trained on the training sentences when none is given), and
-a score head on each sentence's last token. What differs from pretraining: the batches (padded
-sentences with one class id each), the loss (`classification_loss`) and the checkpoint files
-(a transformers `LlamaForSequenceClassification` directory). Results in OUT/:
+a score head on each sentence's last token. A BERT base (`minillama bert pretrain`) becomes a
+`BertForSequenceClassification`: its encoder, a pooler on [CLS] and a linear classifier; each
+sentence is read as `[CLS] sentence [SEP]`. `--from-scratch` keeps the base's shape and tokenizer
+but initialises the weights afresh: the baseline that measures what pretraining brought.
+
+What differs from pretraining: the batches (padded sentences with one class id each), the loss
+(`classification_loss`) and the checkpoint files (a transformers `LlamaForSequenceClassification`
+or `BertForSequenceClassification` directory). Results in OUT/:
 
     checkpoints/step-N/   the loop's checkpoints (each a transformers-loadable classifier)
     model/                the final classifier with its tokenizer
@@ -62,9 +67,21 @@ def sst2_split(split: str) -> list[tuple[int, str]]:
 
 
 def encode_sentences(tokenizer: Any, pairs: list[tuple[int, str]], max_len: int) -> list[Example]:
-    """Token ids (truncated to `max_len`; no special tokens, so no text token is the pad token)."""
+    """Token ids (truncated to `max_len`; no special tokens, so no text token is the pad token).
+    A BERT tokenizer frames each sentence as `[CLS] sentence [SEP]` within `max_len`."""
+    if hasattr(tokenizer, "encode_for_model"):  # BERT
+        return [Example(tokenizer.encode_for_model(sentence, max_length=max_len)[0], label)
+                for label, sentence in pairs]
     ids = tokenizer.encode_batch([sentence for _, sentence in pairs])
     return [Example(row[:max_len], label) for row, (label, _) in zip(ids, pairs, strict=True)]
+
+
+def check_labels(pairs: list[tuple[int, str]], labels: list[str], source: str) -> None:
+    """Every class id must name one of the classifier's classes (line numbers count the header)."""
+    for index, (label, _) in enumerate(pairs):
+        if not 0 <= label < len(labels):
+            raise MiniLlamaError(f"{source}:{index + 2}: class id {label} is not one of the classifier's "
+                                 f"{len(labels)} classes (0 to {len(labels) - 1}: {', '.join(labels)})")
 
 
 def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
@@ -91,32 +108,71 @@ def evaluate_classifier(model: nn.Module, examples: list[Example], batch_size: i
 
 @dataclass
 class ClassifierFiles:
-    """The Trainer's `ModelFiles` for a classifier: transformers' sequence-classification layout."""
+    """The Trainer's `ModelFiles` for a classifier: transformers' sequence-classification layout
+    (LlamaForSequenceClassification, or BertForSequenceClassification for family "bert")."""
 
-    config: Any  # ModelConfig
+    config: Any  # ModelConfig or BertConfig
     labels: list[str]
+    family: str = "llama"
 
     def write(self, state: dict[str, torch.Tensor], directory: Path) -> None:
+        if self.family == "bert":
+            from minillama.bert.io import write_bert_dir
+
+            write_bert_dir(self.config, state, directory, "BertForSequenceClassification", self.labels)
+            return
         from minillama.model.io import write_classifier_dir
 
         write_classifier_dir(self.config, self.labels, state, directory)
 
     def read(self, directory: Path) -> dict[str, torch.Tensor]:
-        from minillama.model import MiniLlamaForSequenceClassification
+        return load_classifier(directory).state_dict()
 
-        return MiniLlamaForSequenceClassification.from_pretrained(directory).state_dict()
+
+def load_classifier(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """A saved classifier of either family, by its config.json."""
+    from minillama.bert import model_family
+
+    if model_family(directory) == "bert":
+        from minillama.bert.io import load_bert_dir
+
+        model = load_bert_dir(directory, device)
+        if not hasattr(model, "labels"):
+            raise MiniLlamaError(f"{directory} is a BERT masked LM, not a sequence classifier; train one with "
+                                 f"`minillama classify train --base {directory}`")
+        return model
+    from minillama.model import MiniLlamaForSequenceClassification
+
+    return MiniLlamaForSequenceClassification.from_pretrained(directory, device=device)
+
+
+def load_classifier_tokenizer(directory: str | os.PathLike, family: str) -> Any:
+    """The tokenizer of a model directory: a BertTokenizer for the BERT family."""
+    if family == "bert":
+        from minillama.bert.tokenizer import load_bert_tokenizer
+
+        return load_bert_tokenizer(directory)
+    from minillama.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(directory)
 
 
 @dataclass
 class ClassifySettings:
     base: str | None = None  # a pretrained model directory; None: train from scratch
+    from_scratch: bool = False  # the base's shape and tokenizer, fresh weights
 
 
 def build_classifier(config: TrainConfig, settings: ClassifySettings, tokenizer_dir: Path, labels: list[str]):
     """(classifier, tokenizer): the base's decoder with a new score head, or a fresh model."""
+    from minillama.bert import model_family
     from minillama.model import MiniLlama, MiniLlamaForSequenceClassification
     from minillama.tokenizer import Tokenizer, check_tokenizer_matches
 
+    if settings.from_scratch and settings.base is None:
+        raise ValueError("--from-scratch takes the shape and tokenizer of --base; name the base model")
+    if settings.base is not None and model_family(settings.base) == "bert":
+        return build_bert_classifier(settings, tokenizer_dir, labels)
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if settings.base is None:
@@ -128,7 +184,26 @@ def build_classifier(config: TrainConfig, settings: ClassifySettings, tokenizer_
     check_tokenizer_matches(tokenizer, base.config.vocab_size, settings.base)
     if base.config.pad_token_id is None:
         base.config.pad_token_id = pad  # the head reads the last token that is not padding
+    if settings.from_scratch:
+        return MiniLlamaForSequenceClassification(base.config, labels), tokenizer
     return MiniLlamaForSequenceClassification(base.config, labels, backbone=base.model), tokenizer
+
+
+def build_bert_classifier(settings: ClassifySettings, tokenizer_dir: Path, labels: list[str]):
+    """A BERT base's encoder (a masked LM's, or a classifier's) with a new pooler and classifier,
+    or (from_scratch) the same shape freshly initialised."""
+    from minillama.bert.io import load_bert_dir
+    from minillama.bert.model import BertForSequenceClassification
+    from minillama.tokenizer import check_tokenizer_matches
+
+    tokenizer = load_classifier_tokenizer(tokenizer_dir, "bert")
+    base = load_bert_dir(settings.base)
+    check_tokenizer_matches(tokenizer, base.config.vocab_size, settings.base)
+    if settings.from_scratch:
+        return BertForSequenceClassification(base.config, labels), tokenizer
+    encoder = base.bert
+    encoder.pooler = None  # a classifier's pooler is trained for its own labels: a new one, as the head
+    return BertForSequenceClassification(base.config, labels, backbone=encoder), tokenizer
 
 
 def ensure_classify_tokenizer(config: TrainConfig, settings: ClassifySettings, out_dir: Path,
@@ -171,7 +246,10 @@ def train_classifier(config: TrainConfig, settings: ClassifySettings) -> dict[st
             log.info("dev accuracy %.3f (first %d sentences)", scores["accuracy"], scores["examples"])
             return scores["loss"]
 
-        files = ClassifierFiles(model.config, model.labels)
+        from minillama.bert import model_family
+
+        family = model_family(settings.base) if settings.base else "llama"
+        files = ClassifierFiles(model.config, model.labels, family)
         trainer = Trainer(config, model, batches, evaluate, dist, batch_loss=classification_loss,
                           tokenizer_dir=tokenizer_dir, model_files=files, lock=lock,
                           extra_state={"classify": asdict(settings)})
@@ -189,12 +267,12 @@ def train_classifier(config: TrainConfig, settings: ClassifySettings) -> dict[st
 
 def finish(checkpoint: Path, tokenizer: Any, out_dir: Path, batch_size: int, max_len: int) -> dict[str, Any]:
     """OUT/model from the last checkpoint, and its dev / test scores in OUT/report.json."""
+    from minillama.bert.io import save_bert
     from minillama.export import save_hf
     from minillama.files import atomic_write_text
-    from minillama.model import MiniLlamaForSequenceClassification
 
-    model = MiniLlamaForSequenceClassification.from_pretrained(checkpoint).eval()
-    save_hf(model, out_dir / "model", tokenizer)
+    model = load_classifier(checkpoint).eval()
+    (save_bert if model.config.__class__.__name__ == "BertConfig" else save_hf)(model, out_dir / "model", tokenizer)
     report: dict[str, Any] = {"model": str(out_dir / "model")}
     for split in ("dev", "test"):
         examples = encode_sentences(tokenizer, sst2_split(split), max_len)
@@ -207,14 +285,14 @@ def finish(checkpoint: Path, tokenizer: Any, out_dir: Path, batch_size: int, max
 def evaluate_saved_classifier(model_dir: str | os.PathLike, split: str = "test", batch_size: int = 64,
                               device: str = "auto", data: str | None = None) -> dict[str, Any]:
     """Accuracy of a saved classifier on an SST-2 split (or a `label<TAB>sentence` file `data`)."""
+    from minillama.bert import model_family
     from minillama.hardware import resolve_device
-    from minillama.model import MiniLlamaForSequenceClassification
-    from minillama.tokenizer import Tokenizer
 
     target = resolve_device(device)
-    model = MiniLlamaForSequenceClassification.from_pretrained(model_dir, device=target).eval()
-    tokenizer = Tokenizer.from_pretrained(model_dir)
     pairs = read_labelled_tsv(data) if data else sst2_split(split)
+    model = load_classifier(model_dir, device=target).eval()
+    check_labels(pairs, model.labels, str(data or f"sst2/{split}"))
+    tokenizer = load_classifier_tokenizer(model_dir, model_family(model_dir))
     examples = encode_sentences(tokenizer, pairs, model.config.max_position_embeddings)
     scores = evaluate_classifier(model, examples, batch_size, model.config.pad_token_id, target)
     return {"model": str(model_dir), "data": data or f"sst2/{split}", **scores}

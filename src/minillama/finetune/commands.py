@@ -71,8 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     classify = subparsers.add_parser(
         "classify", help="sentence classification (SST-2 sentiment): train or evaluate",
-        description="Train a sequence classifier (a score head on the last token, as transformers' "
-                    "LlamaForSequenceClassification) on the shipped SST-2, or evaluate one.")
+        description="Train a sequence classifier on the shipped SST-2, or evaluate one: a decoder with a score "
+                    "head on the last token (transformers' LlamaForSequenceClassification), or a BERT with its "
+                    "pooler on [CLS] and a classifier (BertForSequenceClassification).")
     actions = classify.add_subparsers(dest="classify_command", metavar="ACTION", required=True)
     train = actions.add_parser(
         "train", help="train on SST-2 train, validate on dev, report dev and test accuracy",
@@ -80,7 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(--model.preset, with a BPE trained on the SST-2 training sentences unless "
                     "--data.tokenizer is given). Writes RUN/model (transformers-loadable) and "
                     "RUN/report.json.")
-    add_checkpoint_option(train, "pretrained model (omitted: train from scratch)", required=False, flag="--base")
+    add_checkpoint_option(train, "pretrained model: a decoder, or a BERT of `minillama bert pretrain` (omitted: "
+                                 "train from scratch)", required=False, flag="--base")
+    train.add_argument("--from-scratch", action="store_true",
+                       help="the --base model's shape and tokenizer with freshly initialised weights: the baseline "
+                            "that shows what pretraining brings")
     add_config_arguments(train, classify_defaults())
     train.set_defaults(func=run_classify_train)
     evaluate = actions.add_parser("eval", help="accuracy of a trained classifier on an SST-2 split")
@@ -137,7 +142,8 @@ def run_classify_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, defaults=classify_defaults())
     if config.data.dataset != "sst2":
         raise ValueError("classify train uses the shipped SST-2 (data.dataset sst2)")
-    report = train_classifier(config, ClassifySettings(args.base and str(resolve_checkpoint(args.base))))
+    base = args.base and str(resolve_checkpoint(args.base))
+    report = train_classifier(config, ClassifySettings(base, args.from_scratch))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -77,7 +77,7 @@ def check_tokenizer_matches(tokenizer: Tokenizer, vocab_size: int, model_dir: st
                              "use the tokenizer the model was trained with")
     saved = Path(model_dir) / "tokenizer.json" if model_dir is not None else None
     if saved is not None and saved.is_file():
-        if Tokenizer.from_pretrained(saved).fingerprint() != tokenizer.fingerprint():
+        if type(tokenizer).from_pretrained(saved).fingerprint() != tokenizer.fingerprint():  # BERT: its own files
             raise MiniLlamaError(f"the tokenizer differs from the one saved with the model in {model_dir}; "
                                  "use that one (leave the tokenizer option out)")
     elif tokenizer.vocab_size < vocab_size:

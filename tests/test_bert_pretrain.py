@@ -1,0 +1,85 @@
+"""`minillama bert pretrain | fill-mask | eval` through the one Trainer: a run trains and writes
+transformers-loadable checkpoints, resumes exactly, stops on a time budget; bad input is one line."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minillama.cli import main
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def pretrain(out, text, *extra):
+    return main(["bert", "pretrain", "--run.out_dir", str(out), "--data.dataset", str(text),
+                 "--data.vocab_size", "400", "--model.preset", "tiny", "--model.hidden_size", "64",
+                 "--data.seq_len", "48", "--data.batch_size", "4", "--run.threads", "1", "--run.progress", "false",
+                 "--run.plot", "false", "--run.eval_batches", "2", "--run.eval_interval", "5", *extra])
+
+
+@pytest.fixture(scope="module")
+def run(small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bert") / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert pretrain(out, small_corpus[2], "--budget.max_steps", "12") == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_checkpoints_are_transformers_masked_lms(run):
+    step = run / "checkpoints" / "step-000012"
+    model = transformers.AutoModelForMaskedLM.from_pretrained(step)
+    assert type(model).__name__ == "BertForMaskedLM"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(step)
+    assert tokenizer("Lily went home.")["input_ids"][0] == tokenizer.cls_token_id
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_loss" in line for line in lines) and any("tokens_per_s" in line for line in lines)
+
+
+def test_resume_is_exact(small_corpus, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    schedule = ("--budget.schedule_steps", "10", "--run.checkpoint_interval", "5")
+    assert pretrain(straight, small_corpus[2], "--budget.max_steps", "10", *schedule) == 0
+    assert pretrain(split, small_corpus[2], "--budget.max_steps", "5", *schedule) == 0
+    assert pretrain(split, small_corpus[2], "--budget.max_steps", "10", *schedule) == 0
+    a = load_file(straight / "checkpoints" / "step-000010" / "model.safetensors")
+    b = load_file(split / "checkpoints" / "step-000010" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_budget_stops_the_run(small_corpus, tmp_path, capsys):
+    assert pretrain(tmp_path / "timed", small_corpus[2], "--budget.max_minutes", "0.02") == 0
+    assert "finished at step" in capsys.readouterr().out
+
+
+def test_fill_mask_and_eval(run, small_corpus, capsys):
+    assert main(["bert", "fill-mask", "--checkpoint", str(run), "--text", "Lily went to the [MASK].", "--json",
+                 "--top-k", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 1 and len(results[0]) == 3
+    assert results[0][0]["score"] >= results[0][1]["score"] >= results[0][2]["score"]
+    assert main(["bert", "eval", "--checkpoint", str(run), "--dataset", str(small_corpus[2]), "--seq-len", "48",
+                 "--max-batches", "2", "--batch-size", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0 <= report["accuracy"] <= 1 and report["masked_tokens"] > 0
+
+
+def test_model_settings_are_bert_fields(small_corpus, tmp_path, capsys):
+    assert main(["bert", "pretrain", "--run.out_dir", str(tmp_path / "x"), "--model.hidden_sise", "8"]) == 2
+    assert "hidden_sise" in capsys.readouterr().err
+    assert main(["bert", "pretrain", "--run.out_dir", str(tmp_path / "x"), "--model.preset", "huge"]) == 2
+    assert main(["bert", "pretrain", "--run.out_dir", str(tmp_path / "x"), "--model.num_attention_heads",
+                 "3"]) == 2
+    assert "multiple" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
