@@ -69,7 +69,7 @@ class Distributed:
         if self.world_size > 1 and parallel == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
-            for layer in model.model.layers:  # shard each block, then the rest (embedding, head)
+            for layer in model.blocks():  # shard each block, then the rest (embedding, head)
                 fully_shard(layer)
             fully_shard(model)
         elif self.world_size > 1:
