@@ -226,11 +226,15 @@ class DecoderCache:
     the target so far (B, H, max_len, D), filled one step at a time, and the cross-attention keys and
     values of the encoder's output (B, H, S, D), computed once per source."""
 
-    def __init__(self, model: MiniSeq2Seq, memory: torch.Tensor, memory_mask: torch.Tensor | None, max_len: int):
+    def __init__(self, model: MiniSeq2Seq, memory: torch.Tensor, memory_mask: torch.Tensor | None, max_len: int,
+                 repeat: int = 1):
+        """memory (B, S, C) and its mask (B, 1, 1, S) or None; `repeat`: target rows per source (beams),
+        rows i * repeat ... (i + 1) * repeat - 1 reading source i."""
         decoder = model.model.decoder
-        B, dtype, device = memory.shape[0], memory.dtype, memory.device
-        self.cross = [layer.encoder_attn.keys_values(memory) for layer in decoder.layers]
-        self.memory_mask = memory_mask
+        B, dtype, device = memory.shape[0] * repeat, memory.dtype, memory.device
+        self.cross = [tuple(t.repeat_interleave(repeat, dim=0) for t in layer.encoder_attn.keys_values(memory))
+                      for layer in decoder.layers]
+        self.memory_mask = None if memory_mask is None else memory_mask.repeat_interleave(repeat, dim=0)
         shape = [(B, layer.self_attn.heads, max_len, layer.self_attn.head_dim) for layer in decoder.layers]
         self.keys = [torch.zeros(s, dtype=dtype, device=device) for s in shape]
         self.values = [torch.zeros(s, dtype=dtype, device=device) for s in shape]
