@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "minillama.train.commands",
     "minillama.generate.commands",
     "minillama.finetune.commands",
+    "minillama.seq2seq.commands",
     "minillama.export.commands",
     "minillama.model.commands",
     "minillama.serve.commands",
