@@ -161,6 +161,7 @@ def main() -> None:
                              "line by line; 64: `translate eval`)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-training", action="store_true", help="measure translation only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # generate's note that max_new_tokens overrides max_length
@@ -180,10 +181,11 @@ def main() -> None:
         marian = transformers.MarianMTModel.from_pretrained(f"{tmp}/m", attn_implementation="sdpa")
     rounds, per_round = (2, 2) if args.quick else (5, 4)
 
-    batches = [padded_batch(args.batch, c.vocab_size, seed) for seed in range(8)]
-    rates = measure(training_steps(ours, marian, batches, args.bf16), rounds, per_round)
-    report(f"training, batch {args.batch}, {'bf16 autocast' if args.bf16 else 'float32'} (target tokens/s)",
-           rates, "MarianMTModel", "tok/s")
+    if not args.no_training:
+        batches = [padded_batch(args.batch, c.vocab_size, seed) for seed in range(8)]
+        rates = measure(training_steps(ours, marian, batches, args.bf16), rounds, per_round)
+        report(f"training, batch {args.batch}, {'bf16 autocast' if args.bf16 else 'float32'} (target tokens/s)",
+               rates, "MarianMTModel", "tok/s")
 
     ours.eval()
     marian.eval()

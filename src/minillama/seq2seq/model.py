@@ -251,9 +251,12 @@ class DecoderCache:
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Row i continues from row rows[i] (beam search). Rows stay with their source (beams of one
-        sentence are permuted among themselves), so the cross-attention cache is unchanged."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
+        sentence are permuted among themselves), so the cross-attention cache is unchanged. Only the
+        filled positions move: copying all max_len of them every step would cost more than the step."""
+        n = self.length
+        for tensors in (self.keys, self.values):
+            for t in tensors:
+                t[:, :, :n] = t[:, :, :n].index_select(0, rows)
 
 
 # ---- The translation model -------------------------------------------------------------------------
