@@ -60,6 +60,9 @@ def sandbox(tmp_path_factory):
     (root / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 50)
     (root / "empty.txt").write_text("")
     (root / "bad.toml").write_text("[optim\nlr = 1\n")
+    (root / "no_tab.tsv").write_text("Hi.\t你好。\nHello there\n")
+    (root / "empty_side.tsv").write_text("\t你好。\n")
+    _seq2seq_model(root / "s2s")
     (root / "flipped").mkdir()
     shutil.copytree(root / "hf", root / "flipped", dirs_exist_ok=True)
     weights = bytearray((root / "flipped" / "model.safetensors").read_bytes())
@@ -76,6 +79,19 @@ def _lora_adapter(base: Path, out: Path) -> None:
     config = LoRAConfig(r=2, alpha=4, targets=("q", "v"))
     add_lora(model, config)
     save_adapter(model, config, out)
+
+
+def _seq2seq_model(out: Path) -> None:
+    """An untrained translation model (64 positions) with a joint tokenizer, as `translate train` saves one."""
+    from minillama.seq2seq import data
+    from minillama.seq2seq.config import config_from_preset
+    from minillama.seq2seq.model import MiniSeq2Seq
+    from minillama.seq2seq.train import save_translation_model
+
+    tokenizer = data.train_joint_tokenizer(data.tatoeba_pairs()[::50], 300, out.with_name("s2s_tokenizer"))
+    model = MiniSeq2Seq(config_from_preset("debug", vocab_size=tokenizer.vocab_size, pad_token_id=1, eos_token_id=0,
+                                           decoder_start_token_id=1))
+    save_translation_model(model, tokenizer, out, {"direction": "en-zh"})
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -247,6 +263,22 @@ CASES = {
     "bert fill-mask of a causal model": (["bert", "fill-mask", "--checkpoint", "hf", "--text", "A [MASK]."],
                                          ["is not a BERT model", "minillama bert pretrain"], None),
     "bert eval of a causal model": (["bert", "eval", "--checkpoint", "run"], ["is not a BERT model"], None),
+    # ---- translation ----------------------------------------------------------------------------------
+    "translate train on a line without a tab": (["translate", "train", "--data", "no_tab.tsv", "--run.out_dir", "new"],
+                                                ["no_tab.tsv:2: expected 'source<TAB>target', found no tab"], None),
+    "translate train on an empty side": (["translate", "train", "--data", "empty_side.tsv", "--run.out_dir", "new"],
+                                         ["empty_side.tsv:1: the first sentence is empty"], None),
+    "translate train in another direction": (["translate", "train", "--direction", "en-fr"],
+                                             ["--direction: must be one of en-zh, zh-en, got 'en-fr'"], None),
+    "translate eval in another direction": (["translate", "eval", "--checkpoint", "s2s", "--direction", "fr-en"],
+                                            ["--direction: must be one of en-zh, zh-en"], None),
+    "translate with a decoder-only model": (["translate", "--checkpoint", "hf", "--text", "Hi."],
+                                            ["holds a llama model, not a seq2seq"], None),
+    "translate eval of a decoder-only run": (["translate", "eval", "--checkpoint", "run"],
+                                             ["holds a llama model, not a seq2seq"], None),
+    "translate a sentence beyond the positions": (["translate", "--checkpoint", "s2s", "--text", "word " * 80],
+                                                  ["more than the model's 64 positions", "--truncate"], None),
+    "translate without a model": (["translate", "--text", "Hi."], ["--checkpoint is required"], None),
 }
 
 
