@@ -157,6 +157,7 @@ class Trainer:
         if self._resumed is not None:
             dist.load_optimizer_state(self.wrapped, self.optimizers, self._resumed.tensors["optimizer"])
             self._restore_rng(self._resumed.tensors)
+            self._resumed = None  # the whole optimizer state as read: keeping it would undo a stage's sharding
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
 
     def _let_go(self) -> None:
