@@ -83,3 +83,14 @@ def test_model_settings_are_bert_fields(small_corpus, tmp_path, capsys):
                  "3"]) == 2
     assert "multiple" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_export_and_import_cli_round_trip_bitwise(run, tmp_path):
+    step = run / "checkpoints" / "step-000012"
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("a", "b")["token_type_ids"] == [0, 0, 0, 1, 1]
+    assert main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    original = load_file(step / "model.safetensors")
+    for directory in (tmp_path / "hf", tmp_path / "back"):
+        copy = load_file(directory / "model.safetensors")
+        assert copy.keys() == original.keys() and all(torch.equal(copy[k], original[k]) for k in original)
