@@ -268,18 +268,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig 
     parser.usage = f"{parser.prog} [options] [--config FILE] [--SECTION.KEY VALUE ...]"
     parser.add_argument("--config", help="a TOML file with [model] [data] [optim] [budget] [run] sections")
     for section in dataclasses.fields(defaults):
-        description = "the preset, then any ModelConfig field as --model.FIELD" if section.name == "model" else None
-        group = parser.add_argument_group(f"[{section.name}]", description)
         values = getattr(defaults, section.name)
         fields = [f for f in dataclasses.fields(values) if f.name != "overrides"]
         kinds = field_kinds(type(values))
         if section.name == "model":  # the preset, then every ModelConfig field
             fields += dataclasses.fields(ModelConfig)
             kinds |= field_kinds(ModelConfig)
+        fields = [f for f in fields if f"{section.name}.{f.name}" not in exclude]
+        if not fields:  # a section the command spells its own way
+            continue
+        description = "the preset, then any ModelConfig field as --model.FIELD" if section.name == "model" else None
+        group = parser.add_argument_group(f"[{section.name}]", description)
         for f in fields:
             name = f"{section.name}.{f.name}"
-            if name in exclude:
-                continue
             default = getattr(values, f.name, None)
             shown = "from the preset" if section.name == "model" and f.name != "preset" else default
             group.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS,
