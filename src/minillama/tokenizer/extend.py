@@ -129,3 +129,36 @@ def extend_tokenizer(tokenizer_dir: str | os.PathLike, inputs: str | os.PathLike
         with atomic_directory(out_dir, "tokenizer", overwrite=overwrite, inputs=inputs_guarded) as tmp:
             extended.save_pretrained(tmp)
     return extended
+
+
+def old_spellings(tokenizer: Tokenizer, old_vocab_size: int) -> dict[int, list[int]]:
+    """For every token id >= `old_vocab_size`: the ids < `old_vocab_size` it is made of, following
+    the (first) merge that made it down to old tokens. For a tokenizer made by `extend_tokenizer`
+    that is how the old tokenizer spelled the token's bytes where the new merges were learned."""
+    made_by: dict[bytes, tuple[bytes, bytes]] = {}
+    for a, b in tokenizer.merges:
+        made_by.setdefault(a + b, (a, b))
+    ids = tokenizer._bytes_to_id
+
+    def spell(token: bytes) -> list[int]:
+        if ids[token] < old_vocab_size:
+            return [ids[token]]
+        a, b = made_by[token]
+        return spell(a) + spell(b)
+
+    return {i: spell(tokenizer.id_to_bytes(i)) for i in range(old_vocab_size, tokenizer.vocab_size)}
+
+
+def check_extends(old: Tokenizer, new: Tokenizer) -> None:
+    """Raise `MiniLlamaError` unless `new` keeps every id, special token and merge rank of `old`
+    and only appends."""
+    if new.vocab_size <= old.vocab_size:
+        raise MiniLlamaError(f"the tokenizer has {new.vocab_size} tokens, no more than the model's {old.vocab_size}: "
+                             "it does not extend the model's tokenizer (make one with `minillama tokenizer extend`)")
+    changed = next((i for i, b in old.vocab.items() if new.vocab.get(i) != b), None)
+    if changed is not None:
+        raise MiniLlamaError(f"token id {changed} is {old.vocab[changed]!r} for the model but "
+                             f"{new.vocab.get(changed)!r} in the tokenizer: it does not extend the model's tokenizer")
+    if new.merges[:len(old.merges)] != old.merges:
+        raise MiniLlamaError("the tokenizer's merges do not start with the model's: it does not extend the "
+                             "model's tokenizer (make one with `minillama tokenizer extend`)")
