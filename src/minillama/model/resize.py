@@ -95,12 +95,13 @@ def resize_model_dir(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathL
         old = Tokenizer.from_pretrained(model_dir)
         if old.vocab_size != old_size:
             raise MiniLlamaError(f"the model in {model_dir} has {old_size} embedding rows but its tokenizer "
-                                 f"{old.vocab_size} tokens; resize only a model trained with its tokenizer's vocabulary")
+                                 f"{old.vocab_size} tokens; resize only a model trained with its tokenizer's "
+                                 "vocabulary")
         check_extends(old, extended)
     else:
         if extended.vocab_size <= old_size:
-            raise MiniLlamaError(f"the tokenizer has {extended.vocab_size} tokens, no more than the model's {old_size}: "
-                                 "it does not extend the model's vocabulary")
+            raise MiniLlamaError(f"the tokenizer has {extended.vocab_size} tokens, no more than the model's "
+                                 f"{old_size}: it does not extend the model's vocabulary")
         log.warning("%s holds no tokenizer: assuming the first %d tokens of %s are the model's", model_dir,
                     old_size, tokenizer_dir)
     model = MiniLlama.from_pretrained(model_dir)
