@@ -11,6 +11,7 @@ How the new rows start (docs/tokenizer.md, "Extending the vocabulary", measures 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from minillama.errors import MiniLlamaError
 log = logging.getLogger(__name__)
 
 INITS = ("mean", "random", "subword")
+EXTENSION_FILE = "vocab_extension.json"  # written beside the weights: which rows are new, and how they started
 
 
 def _new_rows(old: torch.Tensor, count: int, init: str, spellings: Sequence[Sequence[int]] | None, std: float,
@@ -111,4 +113,6 @@ def resize_model_dir(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathL
     with atomic_directory(out_dir, "model", overwrite=overwrite, inputs=inputs) as tmp:
         write_causal_lm_dir(model.config, model.state_dict(), tmp)
         extended.save_pretrained(tmp)
+        record = {"old_vocab_size": old_size, "vocab_size": extended.vocab_size, "init": init, "source": str(model_dir)}
+        (tmp / EXTENSION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return {"old": old_size, "new": extended.vocab_size}
