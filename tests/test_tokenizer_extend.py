@@ -109,3 +109,9 @@ def test_no_new_token_and_add_zero_write_nothing(tokenizers, tmp_path):
     with pytest.raises(MiniLlamaError, match="at least 1"):
         extend_tokenizer(old_dir, [tokenizers[2]], 0, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_default_corpus_is_the_tatoeba_chinese_training_split(tokenizers, tmp_path, capsys):
+    assert main(["tokenizer", "extend", "-t", str(tokenizers[0]), "--add", "40", "--out", str(tmp_path / "t")]) == 0
+    assert "40 new tokens, ids 400..439" in capsys.readouterr().out
+    assert "我" in Tokenizer.from_pretrained(tmp_path / "t").decode(list(range(400, 440)))
