@@ -13,12 +13,15 @@
    (tinystories-sample:0.5,tatoeba-zh:0.5), seed and schedule, four ways: without extension (the old
    tokenizer: Chinese as UTF-8 bytes), and extended with the new rows initialised random, mean and
    subword-mean (`minillama model resize-vocab`). Equal steps and equal tokens per step: an extended
-   model sees about as many more Chinese characters as its tokens are longer.
+   model sees about as many more Chinese characters as its tokens are longer. A fifth run
+   (--warmup-steps) starts like subword but trains only the new rows for its first steps
+   (`--optim.trainable new-embeddings`), then everything for the rest of the same budget.
 4. Bits per byte (tokenizer-independent) on the held-out Chinese and English text, of the start
    model and of every checkpoint.
 
 Written to --out (default runs/vocab-extension): tok-en/, tok-ext/, base/, resized-<init>/,
-cpt-<variant>/, vocab_extension.json and .md (the tables), vocab_extension.png (the curves).
+cpt-<variant>/ (with points.json, its evaluations), vocab_extension.json and .md (the tables),
+vocab_extension.png (the curves).
 Finished steps are not redone when run again.
 """
 
@@ -49,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--base-steps", type=int, default=400)
     p.add_argument("--steps", type=int, default=200, help="continued-pretraining steps per variant")
     p.add_argument("--checkpoints", type=int, default=4, help="evaluated checkpoints per variant")
+    p.add_argument("--warmup-steps", type=int, default=100,
+                   help="a fifth run: subword init, these steps training only the new rows, then the rest "
+                        "of --steps training everything (0: leave it out)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
@@ -98,6 +104,30 @@ def validation_files(run: Path, args) -> dict[str, tuple]:
     return files
 
 
+def variant_name(variant: str) -> str:
+    if variant == "none":
+        return "no extension (bytes)"
+    if variant == "subword+warmup":
+        return "extended, subword init, new rows alone first"
+    return f"extended, {variant} init"
+
+
+def evaluated(run: Path, models: list[tuple[int, Path]], args) -> list[dict]:
+    """[{"step", "zh", "en"}] of each (step offset, model directory), cached in run/points.json."""
+    cache = run / "points.json"
+    points = json.loads(cache.read_text()) if cache.is_file() else {}
+    val = None
+    for offset, model_dir in models:
+        step = offset + (int(model_dir.name.split("-")[1]) if model_dir.name.startswith("step-") else 0)
+        if str(step) not in points:
+            val = val or validation_files(run, args)
+            points[str(step)] = {"step": step, **evaluate(model_dir, val, args)}
+            cache.write_text(json.dumps(points, indent=1))
+    result = sorted(points.values(), key=lambda p: p["step"])
+    log.info("%s: %s", run.name, result)
+    return result
+
+
 def plot(curves: dict[str, list[dict]], path: Path) -> None:
     import matplotlib
 
@@ -107,7 +137,7 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for variant, points in curves.items():
         steps = [p["step"] for p in points]
-        label = "no extension (bytes)" if variant == "none" else f"extended, {variant} init"
+        label = variant_name(variant)
         axes[0].plot(steps, [p["zh"] for p in points], marker="o", label=label)
         axes[1].plot(steps, [p["en"] for p in points], marker="o", label=label)
     axes[0].set_title("Chinese (held-out Tatoeba sentences)")
@@ -160,24 +190,37 @@ def main() -> None:
             resize_model_dir(base, out / "tok-ext", init, resized)
         starts[init] = resized
 
+    def finished(run: Path, steps: int) -> bool:
+        return any(p.name == f"step-{steps:06d}" for p in list_checkpoints(run / "checkpoints"))
+
     curves: dict[str, list[dict]] = {}
+    earlier = out / "vocab_extension.json"  # evaluations of an earlier invocation: not redone
+    for variant, points in (json.loads(earlier.read_text())["curves"] if earlier.is_file() else {}).items():
+        cache = out / f"cpt-{variant.replace('+', '-')}" / "points.json"
+        if cache.parent.is_dir() and not cache.is_file():
+            cache.write_text(json.dumps({str(p["step"]): p for p in points}, indent=1))
     for variant, start in starts.items():
         run = out / f"cpt-{variant}"
-        if not any(p.name == f"step-{args.steps:06d}" for p in list_checkpoints(run / "checkpoints")):
+        if not finished(run, args.steps):
             train(args, run, args.steps, MIXTURE, "--run.init_from", str(start))
-        val = validation_files(run, args)
-        points = [{"step": 0, **evaluate(start, val, args)}]
-        for checkpoint in sorted(list_checkpoints(run / "checkpoints"), key=lambda p: p.name):
-            points.append({"step": int(checkpoint.name.split("-")[1]), **evaluate(checkpoint, val, args)})
-        curves[variant] = points
-        log.info("%s: %s", variant, points)
+        curves[variant] = evaluated(run, [(0, start), *((0, c) for c in list_checkpoints(run / "checkpoints"))], args)
+    if args.warmup_steps:  # subword init, the new rows alone first, then everything: the same steps in all
+        first, run = out / "cpt-subword-warmup-embeddings", out / "cpt-subword-warmup"
+        if not finished(first, args.warmup_steps):
+            train(args, first, args.warmup_steps, MIXTURE, "--run.init_from", str(starts["subword"]),
+                  "--optim.trainable", "new-embeddings")
+        if not finished(run, args.steps - args.warmup_steps):
+            train(args, run, args.steps - args.warmup_steps, MIXTURE, "--run.init_from", str(resolve_checkpoint(first)))
+        models = [(0, starts["subword"]), *((0, c) for c in list_checkpoints(first / "checkpoints")),
+                  *((args.warmup_steps, c) for c in list_checkpoints(run / "checkpoints"))]
+        curves["subword+warmup"] = evaluated(run, models, args)
 
     results = {"args": vars(args), "compression": compression, "curves": curves}
     (out / "vocab_extension.json").write_text(json.dumps(results, indent=1) + "\n")
     rows = ["| continued pretraining | Chinese bits/byte at step 0 | at the end | English bits/byte at step 0 "
             "| at the end |", "|---|---|---|---|---|"]
     for variant, points in curves.items():
-        name = "no extension (bytes)" if variant == "none" else f"extended, {variant} init"
+        name = variant_name(variant)
         rows.append(f"| {name} | {points[0]['zh']:.3f} | {points[-1]['zh']:.3f} | {points[0]['en']:.3f} "
                     f"| {points[-1]['en']:.3f} |")
     c = compression
