@@ -112,6 +112,11 @@ class BudgetSection:
         return dataclasses.replace(self, max_minutes=5.0)
 
 
+# How the model is spread over processes (docs/training.md "ZeRO stages"); fsdp is the old name of zero3.
+PARALLEL_ALIASES = {"fsdp": "zero3"}
+PARALLEL_CHOICES = ("ddp", "zero1", "zero2", "zero3", *PARALLEL_ALIASES)
+
+
 @dataclass
 class RunSection:
     out_dir: str = _f("runs/tiny", "run directory: checkpoints, metrics, curves, tokenizer, data")
@@ -122,8 +127,9 @@ class RunSection:
     compile: bool = _f(False, "torch.compile the model")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     threads: int | None = _f(None, "CPU threads (default: cores / processes)")
-    parallel: str = _f("ddp", "under torchrun: ddp (replicate) or fsdp (shard with fully_shard)",
-                       choices=("ddp", "fsdp"))
+    parallel: str = _f("ddp", "under torchrun: ddp (replicate everything); ZeRO stage zero1 (shard the optimizer "
+                              "state), zero2 (+ gradients) or zero3 (+ parameters); fsdp = zero3",
+                       choices=PARALLEL_CHOICES)
     eval_interval: int = _f(100, "evaluate every this many steps (and at the end)")
     eval_batches: int = _f(20, "validation batches per periodic evaluation")
     log_interval: int = _f(10, "write metrics every this many steps")
@@ -174,8 +180,12 @@ class TrainConfig:
             raise ValueError("optim.lr must be positive and optim.min_lr_ratio within [0, 1]")
         if not 0 < self.optim.decay_fraction <= 1:
             raise ValueError(f"optim.decay_fraction must be in (0, 1], got {self.optim.decay_fraction}")
-        if self.optim.optimizer == "muon" and self.run.parallel == "fsdp":
-            raise ValueError("optim.optimizer muon needs whole matrices, which FSDP shards: use run.parallel ddp")
+        if self.run.parallel not in PARALLEL_CHOICES:
+            raise ValueError(f"run.parallel must be one of {', '.join(PARALLEL_CHOICES)}, got {self.run.parallel!r}")
+        self.run.parallel = PARALLEL_ALIASES.get(self.run.parallel, self.run.parallel)
+        if self.optim.optimizer == "muon" and self.run.parallel in ("zero2", "zero3"):
+            raise ValueError(f"optim.optimizer muon needs whole matrices, which run.parallel {self.run.parallel} "
+                             "shards (FSDP): use run.parallel ddp or zero1")
         if self.optim.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.optim.warmup_steps}")
         if not 0 <= self.optim.label_smoothing < 1:
