@@ -24,6 +24,7 @@ from pathlib import Path
 
 from minillama.hardware import cpu_description
 from minillama.seq2seq import data
+from minillama.seq2seq.commands import translate_defaults
 from minillama.seq2seq.train import TranslateSettings, train_translation
 from minillama.train.metrics import read_metrics
 
@@ -42,8 +43,6 @@ def parse_args() -> argparse.Namespace:
 
 
 def train_one(name: str, args: argparse.Namespace, out: Path) -> dict:
-    from minillama.seq2seq.commands import translate_defaults
-
     pre_norm, smoothing = RUNS[name]
     config = copy.deepcopy(translate_defaults())
     config.data.tokenizer = str(out / "tokenizer")
@@ -85,7 +84,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def table(results: list[dict], args: argparse.Namespace) -> str:
-    lines = [f"host: {cpu_description()}; small preset, {args.steps} steps of 64 pairs, English -> Chinese, "
+    lines = [f"host: {cpu_description()}; tiny preset, {args.steps} steps of 64 pairs, English -> Chinese, "
              f"BLEU / chrF on the first {args.test_sentences} test sentences", "",
              "| norm | label smoothing | final validation loss | greedy BLEU | beam-4 BLEU | greedy chrF "
              "| beam-4 chrF |", "|---|---|---|---|---|---|---|"]
@@ -102,7 +101,7 @@ def main() -> None:
     out = Path(args.out)
     if not (out / "tokenizer" / "tokenizer.json").is_file():
         splits = data.split_pairs(data.tatoeba_pairs())
-        data.train_joint_tokenizer(splits["train"], 8000, out / "tokenizer")
+        data.train_joint_tokenizer(splits["train"], translate_defaults().data.vocab_size, out / "tokenizer")
     for name in args.runs:
         train_one(name, args, out)
     results = [train_one(name, args, out) for name in RUNS if (out / name / "report.json").is_file()]

@@ -63,6 +63,11 @@ def sandbox(tmp_path_factory):
     (root / "no_tab.tsv").write_text("Hi.\t你好。\nHello there\n")
     (root / "empty_side.tsv").write_text("\t你好。\n")
     _seq2seq_model(root / "s2s")
+    (root / "wordpiece").mkdir()
+    (root / "wordpiece" / "tokenizer.json").write_text(json.dumps(
+        {"model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0, "a": 1}}}))
+    (root / "english.txt").write_text("Once upon a time, a little dog ran to the park.\n" * 20)
+    (root / "zh.txt").write_text("我想喝茶。\n你好。\n他是我的朋友。\n" * 20, encoding="utf-8")
     (root / "flipped").mkdir()
     shutil.copytree(root / "hf", root / "flipped", dirs_exist_ok=True)
     weights = bytearray((root / "flipped" / "model.safetensors").read_bytes())
@@ -283,6 +288,25 @@ CASES = {
     "translate a sentence beyond the positions": (["translate", "--checkpoint", "s2s", "--text", "word " * 80],
                                                   ["more than the model's 64 positions", "--truncate"], None),
     "translate without a model": (["translate", "--text", "Hi."], ["--checkpoint is required"], None),
+    # ---- vocabulary extension -----------------------------------------------------------------------
+    "tokenizer extend with a corpus that yields no new token": (
+        ["tokenizer", "extend", "-t", "run/tokenizer", "--input", "english.txt", "--add", "50", "--out", "ext"],
+        ["english.txt yields no token the tokenizer lacks"], None),
+    "tokenizer extend adding 0 tokens": (
+        ["tokenizer", "extend", "-t", "run/tokenizer", "--input", "zh.txt", "--add", "0", "--out", "ext"],
+        ["--add must be at least 1"], None),
+    "tokenizer extend of a WordPiece tokenizer": (
+        ["tokenizer", "extend", "-t", "wordpiece", "--input", "zh.txt", "--add", "10", "--out", "ext"],
+        ["is not a byte-level BPE tokenizer", "only BPE"], None),
+    "tokenizer extend over a foreign folder": (
+        ["tokenizer", "extend", "-t", "run/tokenizer", "--input", "zh.txt", "--add", "10", "--out", "foreign"],
+        ["foreign holds files that are not a tokenizer directory"], None),
+    "model resize-vocab to a tokenizer that does not extend the model's": (
+        ["model", "resize-vocab", "--checkpoint", "run", "--tokenizer", "other_tokenizer", "--out", "resized"],
+        ["does not extend the model's tokenizer"], None),
+    "model resize-vocab to a tokenizer with other ids": (
+        ["model", "resize-vocab", "--checkpoint", "run", "--tokenizer", "s2s_tokenizer", "--out", "resized"],
+        ["does not extend the model's tokenizer"], None),
 }
 
 

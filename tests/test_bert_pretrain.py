@@ -83,3 +83,20 @@ def test_model_settings_are_bert_fields(small_corpus, tmp_path, capsys):
                  "3"]) == 2
     assert "multiple" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_export_and_import_cli_round_trip_bitwise(run, tmp_path):
+    step = run / "checkpoints" / "step-000012"
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("a", "b")["token_type_ids"] == [0, 0, 0, 1, 1]
+    assert main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    original = load_file(step / "model.safetensors")
+    for directory in (tmp_path / "hf", tmp_path / "back"):
+        copy = load_file(directory / "model.safetensors")
+        assert copy.keys() == original.keys() and all(torch.equal(copy[k], original[k]) for k in original)
+
+
+def test_windows_longer_than_the_model_are_refused_before_any_work(tmp_path, capsys):
+    assert main(["bert", "pretrain", "--run.out_dir", str(tmp_path / "x"), "--data.seq_len", "600"]) == 2
+    assert "data.seq_len 600 must be from 3 to the model's max_position_embeddings 512" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -245,3 +245,19 @@ def test_blocks_equal_torch_nn_transformer(pre_norm, activation):
         memory = model.encode(source, mask)
         got = model.decode(target, memory, mask)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_model_imports_no_trainer_decoder_data_or_cli():
+    """Like minillama.model: the network and its files know nothing of training, decoding or the CLI."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "src" / "minillama" / "seq2seq"
+    forbidden = ("minillama.train", "minillama.data", "minillama.generate", "minillama.finetune",
+                 "minillama.seq2seq.train", "minillama.seq2seq.decode", "minillama.seq2seq.data",
+                 "minillama.seq2seq.commands", "minillama.cli")
+    for name in ("model.py", "config.py", "io.py"):
+        tree = ast.parse((package / name).read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert not [m for m in imported if m and m.startswith(forbidden)], name

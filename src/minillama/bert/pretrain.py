@@ -128,6 +128,10 @@ def pretrain_bert(config: TrainConfig, model_settings: BertModelSettings) -> Tra
     dist = Distributed.from_env(config.run.device, config.run.threads)
     lock = None
     try:
+        positions = model_settings.build(2**20, 0).max_position_embeddings  # refused before any data work
+        if not 3 <= config.data.seq_len <= positions:
+            raise ValueError(f"data.seq_len {config.data.seq_len} must be from 3 to the model's "
+                             f"max_position_embeddings {positions} ([CLS] and [SEP] included)")
         if not config.data.prepared:
             from minillama.data import resolve_dataset
 
@@ -142,9 +146,6 @@ def pretrain_bert(config: TrainConfig, model_settings: BertModelSettings) -> Tra
         tokenizer_dir, prepared, meta = ensure_data(with_tokenizer, dist)
         bert_config = model_settings.build(tokenizer.vocab_size, tokenizer.pad_token_id)
         data = config.data
-        if data.seq_len > bert_config.max_position_embeddings or data.seq_len < 3:
-            raise ValueError(f"data.seq_len {data.seq_len} must be from 3 to the model's max_position_embeddings "
-                             f"{bert_config.max_position_embeddings} ([CLS] and [SEP] included)")
         torch.manual_seed(config.run.seed)
         model = BertForMaskedLM(bert_config)
         if config.run.gradient_checkpointing:

@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="write a transformers-loadable directory (model + tokenizer)",
         description="Export a checkpoint to a directory that transformers.AutoModelForCausalLM and "
                     "AutoTokenizer load with no extra code (LlamaForCausalLM, or Qwen2ForCausalLM "
-                    "when the model has q/k/v biases).")
+                    "when the model has q/k/v biases); a BERT checkpoint exports as BertForMaskedLM / "
+                    "BertForSequenceClassification for AutoModelForMaskedLM / AutoModelForSequenceClassification.")
     add_checkpoint_option(export)
     export.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's, if it has one)")
     export.add_argument("--out", required=True,
@@ -44,6 +45,10 @@ def run_export(args: argparse.Namespace) -> int:
     from minillama.train.checkpoint import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)
+    from minillama.bert import model_family
+
+    if model_family(checkpoint) == "bert":
+        return export_bert(args, checkpoint)
     model = MiniLlama.from_pretrained(checkpoint, dtype=getattr(torch, args.dtype))
     tokenizer = None
     tokenizer_dir = find_tokenizer_dir(args.tokenizer, checkpoint)
@@ -58,9 +63,38 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_bert(args: argparse.Namespace, checkpoint) -> int:
+    """A BERT checkpoint is already a transformers directory: the export is its model and tokenizer."""
+    import torch
+
+    from minillama.bert.io import save_bert
+    from minillama.bert.model import load_bert_dir
+    from minillama.bert.tokenizer import load_bert_tokenizer
+    from minillama.tokenizer import check_tokenizer_matches, find_tokenizer_dir
+
+    model = load_bert_dir(checkpoint).to(getattr(torch, args.dtype))
+    tokenizer_dir = find_tokenizer_dir(args.tokenizer, checkpoint)
+    tokenizer = load_bert_tokenizer(tokenizer_dir) if tokenizer_dir else None
+    if tokenizer is not None:
+        check_tokenizer_matches(tokenizer, model.config.vocab_size, checkpoint)
+    out = save_bert(model, args.out, tokenizer, overwrite=args.overwrite, inputs=(checkpoint, tokenizer_dir))
+    print(f"exported {model.architecture} to {out}" + ("" if tokenizer else " (no tokenizer found)"))
+    return 0
+
+
 def run_import(args: argparse.Namespace) -> int:
+    from minillama.bert import model_family
     from minillama.export import load_hf
 
+    if model_family(args.hf) == "bert":
+        from minillama.bert.io import save_bert
+        from minillama.bert.model import load_bert_dir
+
+        bert = load_bert_dir(args.hf)
+        save_bert(bert, args.out, overwrite=args.overwrite, inputs=(args.hf,))
+        print(f"imported {bert.architecture} ({sum(p.numel() for p in bert.parameters()):,} parameters) "
+              f"into {args.out}")
+        return 0
     model = load_hf(args.hf)
     model.save_pretrained(args.out, overwrite=args.overwrite, inputs=(args.hf,))
     print(f"imported {model.num_parameters():,} parameters into {args.out}")

@@ -43,7 +43,7 @@ TRANSLATION_FILE = "translation.json"  # beside a model: its direction and data
 class TranslateSettings:
     direction: str = "en-zh"
     data: str | None = None  # a TSV of pairs; None: the shipped Tatoeba pairs
-    preset: str = "small"
+    preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)  # Seq2SeqConfig fields over the preset
     beams: tuple[int, ...] = (1, 4)  # decodings scored on the test split at the end
     test_limit: int | None = None  # score only the first N test sentences

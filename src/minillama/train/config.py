@@ -58,7 +58,8 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    dataset: str = _f("tinystories-sample", "dataset name or path (.txt, .txt.gz, .jsonl, .parquet)")
+    dataset: str = _f("tinystories-sample", "dataset name or path (.txt, .txt.gz, .jsonl, .parquet), or a "
+                                            "weighted mixture: NAME:WEIGHT,NAME:WEIGHT,...")
     val_dataset: str | None = _f(None, "separate validation dataset (default: the dataset's own or a split)")
     tokenizer: str | None = _f(None, "tokenizer directory (default: OUT/tokenizer, trained if missing)")
     vocab_size: int = _f(4096, "vocabulary size when a tokenizer has to be trained")
@@ -89,6 +90,10 @@ class OptimSection:
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
+    trainable: str = _f("all", "all parameters; or new-embeddings: only the embedding (and LM head) rows of tokens "
+                               "added by `minillama model resize-vocab` (run.init_from such a model; weight decay "
+                               "is off so every other weight stays exactly as it was)",
+                        choices=("all", "new-embeddings"))
 
 
 @dataclass
@@ -131,6 +136,8 @@ class RunSection:
     checkpoint_interval: int = _f(200, "save a checkpoint every this many steps (and at the end)")
     keep_last: int = _f(2, "checkpoints to keep (the best one is kept as well)")
     resume: str = _f("auto", "auto: continue from OUT's latest checkpoint; never; or a checkpoint path")
+    init_from: str | None = _f(None, "start from this model's weights (continued pretraining: its shape and "
+                                     "tokenizer are used; the step count starts at 0)")
     on_nonfinite: str = _f("stop", "a NaN/inf loss or gradient: stop, or skip the batch",
                            choices=("stop", "skip"))
     max_skips: int = _f(5, "with on_nonfinite=skip: stop after this many skipped batches")
@@ -278,18 +285,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig 
     parser.usage = f"{parser.prog} [options] [--config FILE] [--SECTION.KEY VALUE ...]"
     parser.add_argument("--config", help="a TOML file with [model] [data] [optim] [budget] [run] sections")
     for section in dataclasses.fields(defaults):
-        description = "the preset, then any ModelConfig field as --model.FIELD" if section.name == "model" else None
-        group = parser.add_argument_group(f"[{section.name}]", description)
         values = getattr(defaults, section.name)
         fields = [f for f in dataclasses.fields(values) if f.name != "overrides"]
         kinds = field_kinds(type(values))
         if section.name == "model":  # the preset, then every ModelConfig field
             fields += dataclasses.fields(ModelConfig)
             kinds |= field_kinds(ModelConfig)
+        fields = [f for f in fields if f"{section.name}.{f.name}" not in exclude]
+        if not fields:  # a section the command spells its own way
+            continue
+        description = "the preset, then any ModelConfig field as --model.FIELD" if section.name == "model" else None
+        group = parser.add_argument_group(f"[{section.name}]", description)
         for f in fields:
             name = f"{section.name}.{f.name}"
-            if name in exclude:
-                continue
             default = getattr(values, f.name, None)
             shown = "from the preset" if section.name == "model" and f.name != "preset" else default
             group.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS,
