@@ -150,13 +150,13 @@ def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> Training
             meta = parts[0][2]
         else:
             tokenizer_dir, prepared, meta = ensure_data(config, dist)
-            if config.data.prepared:
-                log.info("training on the token files in %s (%s)", prepared, meta.get("source"))
         torch.manual_seed(config.run.seed)
         if init_dir is not None:
             model = initial_model(config, init_dir, tokenizer_dir)
         else:
             model = MiniLlama(build_model_config(config, tokenizer_dir))
+        if config.data.prepared and not mixture:  # said once the model is known to fit the tokenizer
+            log.info("training on the token files in %s (%s)", prepared, meta.get("source"))
         if config.optim.trainable == "new-embeddings":
             config = train_only_new_embeddings(config, model, init_dir)
         if config.run.gradient_checkpointing:
