@@ -171,7 +171,7 @@ class Distributed:
         what DDP would hold (the whole of each); `params_in_step`: parameter bytes held between a
         forward and its backward (`parameter_bytes` then). Collective under zero1 (the whole
         optimizer state is the sum of the partitions)."""
-        params = [p for p in model.parameters()]
+        params = list(model.parameters())
         held = {"params": self.parameter_bytes(model),
                 "grads": sum(_local_bytes(p.grad) for p in params if p.grad is not None),
                 "optimizer": sum(_local_bytes(t) for opt in optimizers for t in _state_tensors(_local_optimizer(opt)))}
