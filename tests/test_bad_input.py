@@ -60,6 +60,14 @@ def sandbox(tmp_path_factory):
     (root / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 50)
     (root / "empty.txt").write_text("")
     (root / "bad.toml").write_text("[optim\nlr = 1\n")
+    (root / "no_tab.tsv").write_text("Hi.\t你好。\nHello there\n")
+    (root / "empty_side.tsv").write_text("\t你好。\n")
+    _seq2seq_model(root / "s2s")
+    (root / "wordpiece").mkdir()
+    (root / "wordpiece" / "tokenizer.json").write_text(json.dumps(
+        {"model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0, "a": 1}}}))
+    (root / "english.txt").write_text("Once upon a time, a little dog ran to the park.\n" * 20)
+    (root / "zh.txt").write_text("我想喝茶。\n你好。\n他是我的朋友。\n" * 20, encoding="utf-8")
     (root / "flipped").mkdir()
     shutil.copytree(root / "hf", root / "flipped", dirs_exist_ok=True)
     weights = bytearray((root / "flipped" / "model.safetensors").read_bytes())
@@ -76,6 +84,19 @@ def _lora_adapter(base: Path, out: Path) -> None:
     config = LoRAConfig(r=2, alpha=4, targets=("q", "v"))
     add_lora(model, config)
     save_adapter(model, config, out)
+
+
+def _seq2seq_model(out: Path) -> None:
+    """An untrained translation model (64 positions) with a joint tokenizer, as `translate train` saves one."""
+    from minillama.seq2seq import data
+    from minillama.seq2seq.config import config_from_preset
+    from minillama.seq2seq.model import MiniSeq2Seq
+    from minillama.seq2seq.train import save_translation_model
+
+    tokenizer = data.train_joint_tokenizer(data.tatoeba_pairs()[::50], 300, out.with_name("s2s_tokenizer"))
+    model = MiniSeq2Seq(config_from_preset("debug", vocab_size=tokenizer.vocab_size, pad_token_id=1, eos_token_id=0,
+                                           decoder_start_token_id=1))
+    save_translation_model(model, tokenizer, out, {"direction": "en-zh"})
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -155,6 +176,10 @@ CASES = {
                                 ["would mix two runs"], None),
     "unknown preset, before any work": (["train", "--run.out_dir", "new", "--model.preset", "huge"],
                                         ["model.preset must be one of", "got 'huge'"], None),
+    "unknown ZeRO stage": (["train", "--run.out_dir", "new", "--run.parallel", "zero4"],
+                           ["run.parallel must be one of ddp, zero1, zero2, zero3, fsdp", "got 'zero4'"], None),
+    "muon under ZeRO-3": (["train", "--run.out_dir", "new", "--run.parallel", "fsdp", "--optim.optimizer", "muon"],
+                          ["muon needs whole matrices, which run.parallel zero3 shards", "ddp or zero1"], None),
     "misspelt model field": (["train", "--model.hidden_sise", "8"], ["unknown model setting 'hidden_sise'"], None),
     "windows longer than the model": (["train", "--run.out_dir", "new", "--model.preset", "debug",
                                        "--data.tokenizer", "run/tokenizer", "--data.prepared", "run/data",
@@ -247,6 +272,41 @@ CASES = {
     "bert fill-mask of a causal model": (["bert", "fill-mask", "--checkpoint", "hf", "--text", "A [MASK]."],
                                          ["is not a BERT model", "minillama bert pretrain"], None),
     "bert eval of a causal model": (["bert", "eval", "--checkpoint", "run"], ["is not a BERT model"], None),
+    # ---- translation ----------------------------------------------------------------------------------
+    "translate train on a line without a tab": (["translate", "train", "--data", "no_tab.tsv", "--run.out_dir", "new"],
+                                                ["no_tab.tsv:2: expected 'source<TAB>target', found no tab"], None),
+    "translate train on an empty side": (["translate", "train", "--data", "empty_side.tsv", "--run.out_dir", "new"],
+                                         ["empty_side.tsv:1: the first sentence is empty"], None),
+    "translate train in another direction": (["translate", "train", "--direction", "en-fr"],
+                                             ["--direction: must be one of en-zh, zh-en, got 'en-fr'"], None),
+    "translate eval in another direction": (["translate", "eval", "--checkpoint", "s2s", "--direction", "fr-en"],
+                                            ["--direction: must be one of en-zh, zh-en"], None),
+    "translate with a decoder-only model": (["translate", "--checkpoint", "hf", "--text", "Hi."],
+                                            ["holds a llama model, not a seq2seq"], None),
+    "translate eval of a decoder-only run": (["translate", "eval", "--checkpoint", "run"],
+                                             ["holds a llama model, not a seq2seq"], None),
+    "translate a sentence beyond the positions": (["translate", "--checkpoint", "s2s", "--text", "word " * 80],
+                                                  ["more than the model's 64 positions", "--truncate"], None),
+    "translate without a model": (["translate", "--text", "Hi."], ["--checkpoint is required"], None),
+    # ---- vocabulary extension -----------------------------------------------------------------------
+    "tokenizer extend with a corpus that yields no new token": (
+        ["tokenizer", "extend", "-t", "run/tokenizer", "--input", "english.txt", "--add", "50", "--out", "ext"],
+        ["english.txt yields no token the tokenizer lacks"], None),
+    "tokenizer extend adding 0 tokens": (
+        ["tokenizer", "extend", "-t", "run/tokenizer", "--input", "zh.txt", "--add", "0", "--out", "ext"],
+        ["--add must be at least 1"], None),
+    "tokenizer extend of a WordPiece tokenizer": (
+        ["tokenizer", "extend", "-t", "wordpiece", "--input", "zh.txt", "--add", "10", "--out", "ext"],
+        ["is not a byte-level BPE tokenizer", "only BPE"], None),
+    "tokenizer extend over a foreign folder": (
+        ["tokenizer", "extend", "-t", "run/tokenizer", "--input", "zh.txt", "--add", "10", "--out", "foreign"],
+        ["foreign holds files that are not a tokenizer directory"], None),
+    "model resize-vocab to a tokenizer that does not extend the model's": (
+        ["model", "resize-vocab", "--checkpoint", "run", "--tokenizer", "other_tokenizer", "--out", "resized"],
+        ["does not extend the model's tokenizer"], None),
+    "model resize-vocab to a tokenizer with other ids": (
+        ["model", "resize-vocab", "--checkpoint", "run", "--tokenizer", "s2s_tokenizer", "--out", "resized"],
+        ["does not extend the model's tokenizer"], None),
 }
 
 

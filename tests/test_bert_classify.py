@@ -70,7 +70,7 @@ def test_classify_cli_fine_tunes_a_bert(bert_base, tmp_path, capsys, scratch):
 
 
 def load_bert_dir_eval(path):
-    from minillama.bert.io import load_bert_dir
+    from minillama.bert.model import load_bert_dir
 
     return load_bert_dir(path).eval()
 

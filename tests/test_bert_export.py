@@ -9,7 +9,8 @@ import torch
 
 from minillama.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from minillama.bert.fill_mask import fill_mask
-from minillama.bert.io import load_bert_dir, save_bert
+from minillama.bert.io import save_bert
+from minillama.bert.model import load_bert_dir
 from minillama.bert.tokenizer import BertTokenizer, load_bert_tokenizer, train_bert_tokenizer
 from minillama.errors import CheckpointError, MiniLlamaError
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minillama.model import MiniLlama, ModelConfig
-from minillama.train.config import OptimSection, TrainConfig
+from minillama.train.config import OptimSection, TrainConfig, set_field
 from minillama.train.optim import build_optimizers, learning_rate
 
 
@@ -86,11 +86,27 @@ def test_schedules_warm_up_and_end_at_the_floor(schedule):
 
 
 def test_muon_under_fsdp_and_a_bad_decay_fraction_are_refused():
+    for parallel in ("fsdp", "zero2", "zero3"):
+        config = TrainConfig()
+        config.optim.optimizer, config.run.parallel = "muon", parallel
+        with pytest.raises(ValueError, match="FSDP"):
+            config.validate()
     config = TrainConfig()
-    config.optim.optimizer, config.run.parallel = "muon", "fsdp"
-    with pytest.raises(ValueError, match="FSDP"):
-        config.validate()
+    config.optim.optimizer, config.run.parallel = "muon", "zero1"  # ZeRO-1 partitions whole matrices
+    config.validate()
     config = TrainConfig()
     config.optim.decay_fraction = 0
     with pytest.raises(ValueError, match="decay_fraction"):
         config.validate()
+
+
+def test_fsdp_is_zero3_and_unknown_stages_are_refused():
+    config = TrainConfig()
+    config.run.parallel = "fsdp"
+    config.validate()
+    assert config.run.parallel == "zero3"
+    config.run.parallel = "zero0"
+    with pytest.raises(ValueError, match="run.parallel must be one of ddp, zero1, zero2, zero3, fsdp"):
+        config.validate()
+    with pytest.raises(ValueError, match="run.parallel must be one of"):
+        set_field(TrainConfig(), "run.parallel", "ZeRO-2")

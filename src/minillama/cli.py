@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "minillama.generate.commands",
     "minillama.finetune.commands",
     "minillama.bert.commands",
+    "minillama.seq2seq.commands",
     "minillama.export.commands",
     "minillama.model.commands",
     "minillama.serve.commands",

@@ -88,17 +88,3 @@ def save_bert(model: nn.Module, out_dir: str | Path, tokenizer: Any = None, *, o
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out_dir
-
-
-def load_bert_dir(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A BERT directory (ours or transformers'), as the class its config.json names."""
-    from minillama.bert.model import BertForMaskedLM, BertForSequenceClassification
-
-    directory = Path(directory)
-    classes = {c.architecture: c for c in (BertForMaskedLM, BertForSequenceClassification)}
-    found = architecture_of(directory)
-    load_bert_config(directory)  # a model of another family is refused here, by name
-    if found not in classes:
-        raise CheckpointError(f"{directory} holds a {found or 'model without architectures'}; minillama reads "
-                              f"BERT directories of {' or '.join(classes)}")
-    return load_bert(classes[found], directory, device)

@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minillama.bert import io
 from minillama.bert.config import BertConfig
+from minillama.errors import CheckpointError
 from minillama.model.config import IGNORE_INDEX
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "gelu_new": lambda: nn.GELU(approximate="tanh"),
@@ -305,7 +307,6 @@ class BertForMaskedLM(nn.Module):
     # ---- model directories -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> None:
         """config.json + model.safetensors + checksum manifest (transformers' BertForMaskedLM layout)."""
-        from minillama.bert import io
         from minillama.files import atomic_directory
 
         with atomic_directory(directory, "model", overwrite=overwrite) as tmp:
@@ -314,7 +315,6 @@ class BertForMaskedLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> BertForMaskedLM:
         """Strictly load a BertForMaskedLM directory (ours or transformers')."""
-        from minillama.bert import io
 
         return io.load_bert(cls, Path(directory), device)
 
@@ -372,7 +372,6 @@ class BertForSequenceClassification(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> None:
         """config.json (with the labels) + model.safetensors + checksum manifest, atomically."""
-        from minillama.bert import io
         from minillama.files import atomic_directory
 
         with atomic_directory(directory, "classifier", overwrite=overwrite) as tmp:
@@ -382,7 +381,6 @@ class BertForSequenceClassification(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
                         ) -> BertForSequenceClassification:
         """Strictly load a BertForSequenceClassification directory (ours or transformers')."""
-        from minillama.bert import io
 
         return io.load_bert(cls, Path(directory), device)
 
@@ -395,3 +393,15 @@ def encoder_flops_per_token(config: BertConfig, seq_len: int, training: bool, he
     head = head_rows * (C * C + C * config.vocab_size)
     forward = 2 * (L * layer + head) + L * 4 * seq_len * C
     return forward * (3 if training else 1)
+
+
+def load_bert_dir(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A BERT directory (ours or transformers'), as the class its config.json names."""
+    directory = Path(directory)
+    classes = {c.architecture: c for c in (BertForMaskedLM, BertForSequenceClassification)}
+    found = io.architecture_of(directory)
+    io.load_bert_config(directory)  # a model of another family is refused here, by name
+    if found not in classes:
+        raise CheckpointError(f"{directory} holds a {found or 'model without architectures'}; minillama reads "
+                              f"BERT directories of {' or '.join(classes)}")
+    return io.load_bert(classes[found], directory, device)

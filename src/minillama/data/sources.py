@@ -329,6 +329,41 @@ class HubSource:
 
 
 @dataclass(frozen=True)
+class TatoebaSource:
+    """One side ("en" or "zh") of the shipped Tatoeba English–Chinese pairs, one sentence per
+    document, each distinct sentence once. `split="val"` is held out: the translations of the
+    seq2seq family's validation and test English sentences (`seq2seq.data.split_pairs`, a split by
+    SHA-256 of the English sentence, so it is the same on every machine); `split="train"` is every
+    other sentence (a sentence that is also held out is left out of it)."""
+
+    side: str = "zh"
+    split: str = "train"
+
+    def _sentences(self) -> list[str]:
+        from minillama.seq2seq.data import split_pairs, tatoeba_pairs
+
+        splits = split_pairs(tatoeba_pairs())
+        held_out = dict.fromkeys(getattr(p, self.side) for p in splits["validation"] + splits["test"])
+        if self.split == "val":
+            return list(held_out)
+        return [s for s in dict.fromkeys(getattr(p, self.side) for p in splits["train"]) if s not in held_out]
+
+    def documents(self) -> Iterator[str]:
+        yield from self._sentences()
+
+    def fingerprint(self) -> str:
+        from minillama.seq2seq.data import TATOEBA
+
+        return hashlib.sha256(f"{sha256_file(ASSETS_DIR / TATOEBA)} {self.side} {self.split}".encode()).hexdigest()
+
+    def describe(self) -> str:
+        return f"tatoeba-{self.side}[{self.split}]"
+
+    def size_hint(self) -> int | None:
+        return None
+
+
+@dataclass(frozen=True)
 class RegisteredDataset:
     description: str
     train: Source
@@ -347,6 +382,12 @@ DATASETS: dict[str, RegisteredDataset] = {
         "the full TinyStories (2.1M + 22K stories, about 1.9 GB; downloaded once by `datasets`)",
         train=HubSource("roneneldan/TinyStories", split="train"),
         val=HubSource("roneneldan/TinyStories", split="validation"),
+    ),
+    "tatoeba-zh": RegisteredDataset(
+        "the Chinese side of the 29,155 shipped Tatoeba pairs (about 27k distinct sentences, 0.8 MB; "
+        "validation: the translations of 1,500 held-out English sentences; CC-BY 2.0 France)",
+        train=TatoebaSource("zh", "train"),
+        val=TatoebaSource("zh", "val"),
     ),
 }
 

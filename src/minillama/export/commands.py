@@ -67,7 +67,8 @@ def export_bert(args: argparse.Namespace, checkpoint) -> int:
     """A BERT checkpoint is already a transformers directory: the export is its model and tokenizer."""
     import torch
 
-    from minillama.bert.io import load_bert_dir, save_bert
+    from minillama.bert.io import save_bert
+    from minillama.bert.model import load_bert_dir
     from minillama.bert.tokenizer import load_bert_tokenizer
     from minillama.tokenizer import check_tokenizer_matches, find_tokenizer_dir
 
@@ -86,7 +87,8 @@ def run_import(args: argparse.Namespace) -> int:
     from minillama.export import load_hf
 
     if model_family(args.hf) == "bert":
-        from minillama.bert.io import load_bert_dir, save_bert
+        from minillama.bert.io import save_bert
+        from minillama.bert.model import load_bert_dir
 
         bert = load_bert_dir(args.hf)
         save_bert(bert, args.out, overwrite=args.overwrite, inputs=(args.hf,))

@@ -134,7 +134,7 @@ def load_classifier(directory: str | os.PathLike, device: str | torch.device = "
     from minillama.bert import model_family
 
     if model_family(directory) == "bert":
-        from minillama.bert.io import load_bert_dir
+        from minillama.bert.model import load_bert_dir
 
         model = load_bert_dir(directory, device)
         if not hasattr(model, "labels"):
@@ -192,8 +192,7 @@ def build_classifier(config: TrainConfig, settings: ClassifySettings, tokenizer_
 def build_bert_classifier(settings: ClassifySettings, tokenizer_dir: Path, labels: list[str]):
     """A BERT base's encoder (a masked LM's, or a classifier's) with a new pooler and classifier,
     or (from_scratch) the same shape freshly initialised."""
-    from minillama.bert.io import load_bert_dir
-    from minillama.bert.model import BertForSequenceClassification
+    from minillama.bert.model import BertForSequenceClassification, load_bert_dir
     from minillama.tokenizer import check_tokenizer_matches
 
     tokenizer = load_classifier_tokenizer(tokenizer_dir, "bert")

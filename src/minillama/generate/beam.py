@@ -14,7 +14,7 @@ Shapes: B prompts, N beams, L = T + max_new_tokens total columns, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -42,6 +42,15 @@ def _could_improve(running_scores: torch.Tensor, finished_scores: torch.Tensor, 
     return (best_running > worst_finished).any(dim=-1, keepdim=True)
 
 
+def check_beam_arguments(num_beams: int, max_new_tokens: int, early_stopping: bool | str) -> None:
+    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
+        raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
 @torch.no_grad()
 def beam_search(model: MiniLlama, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 num_beams: int = 4, max_new_tokens: int = 64, length_penalty: float = 1.0,
@@ -52,19 +61,44 @@ def beam_search(model: MiniLlama, input_ids: torch.Tensor, attention_mask: torch
 
     stop_token_ids: None means the model's EOS (if any); () searches to max_new_tokens.
     """
-    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
-        raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
-    if early_stopping not in (True, False, "never"):
-        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_beam_arguments(num_beams, max_new_tokens, early_stopping)
     input_ids, attention_mask = check_prompt(input_ids, attention_mask)
     stop_ids = default_stop_ids(model, stop_token_ids)
-    stops = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device)
     if pad_token_id is None:
         pad_token_id = special.pad_token_id(model.config, stop_ids)
     B, T = input_ids.shape
-    N, L, V, device = num_beams, T + max_new_tokens, model.config.vocab_size, input_ids.device
+    N = num_beams
+    mask = None if attention_mask is None else attention_mask.repeat_interleave(N, dim=0)
+    cache = new_cache(model, B * N, T + max_new_tokens)
+    logits = prefill(model, input_ids.repeat_interleave(N, dim=0), cache, mask)  # (B*N, V)
+    next_pos = torch.full((B * N, 1), T, device=input_ids.device) if mask is None else mask.sum(-1, keepdim=True)
+
+    def advance(tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        nonlocal next_pos
+        cache.reorder(rows)  # each running beam continues from its source beam's cache
+        step_logits = decode_one_token(model, tokens, next_pos, cache)
+        next_pos = next_pos + 1
+        return step_logits
+
+    return search_beams(input_ids, logits, advance, num_beams=N, max_new_tokens=max_new_tokens,
+                        length_penalty=length_penalty, early_stopping=early_stopping, stop_ids=stop_ids,
+                        pad_token_id=pad_token_id)
+
+
+def search_beams(input_ids: torch.Tensor, logits: torch.Tensor,
+                 advance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, num_beams: int,
+                 max_new_tokens: int, length_penalty: float, early_stopping: bool | str,
+                 stop_ids: tuple[int, ...], pad_token_id: int,
+                 forced_eos_token_id: int | None = None) -> torch.Tensor:
+    """The search itself, for any model: `input_ids` (B, T) the prompt (a decoder-only model's, or an
+    encoder–decoder's decoder start), `logits` (B*N, V) the next-token logits of each beam after it,
+    `advance(tokens (B*N, 1), rows (B*N,))` continues beam i from beam rows[i] with tokens[i] and
+    returns the next logits (B*N, V). `forced_eos_token_id`: the only token allowed at the last step
+    (transformers' ForcedEOSTokenLogitsProcessor, Marian's default). Returns (B, T + n) as
+    `beam_search`."""
+    B, T = input_ids.shape
+    N, L, V, device = num_beams, T + max_new_tokens, logits.shape[-1], input_ids.device
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     keep = 2 * N  # candidates per step (transformers: max(2, 1 + number of EOS ids) * N; one EOS here)
     if stops.numel() > 1:
         keep = (1 + stops.numel()) * N
@@ -82,15 +116,14 @@ def beam_search(model: MiniLlama, input_ids: torch.Tensor, attention_mask: torch
     finished = torch.zeros(B, N, dtype=torch.bool, device=device)
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
     row_offset = torch.arange(B, device=device)[:, None] * N
-
-    mask = None if attention_mask is None else attention_mask.repeat_interleave(N, dim=0)
-    cache = new_cache(model, B * N, L)
-    logits = prefill(model, input_ids.repeat_interleave(N, dim=0), cache, mask)  # (B*N, V)
-    next_pos = torch.full((B * N, 1), T, device=device) if mask is None else mask.sum(-1, keepdim=True)
     cur = T
     while True:
         # Total log-probability of every (beam, token) continuation, flattened per row.
-        log_probs = torch.log_softmax(logits.float(), dim=-1).view(B, N, V) + running_scores[:, :, None]
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        if forced_eos_token_id is not None and cur + 1 == L:
+            log_probs = torch.full_like(log_probs, float("-inf"))
+            log_probs[:, forced_eos_token_id] = 0.0
+        log_probs = log_probs.view(B, N, V) + running_scores[:, :, None]
         top_scores, top_index = torch.topk(log_probs.view(B, N * V), keep)  # (B, K)
         source_beam, token = top_index // V, top_index % V
         candidates = _gather(running, source_beam)  # (B, K, L)
@@ -122,10 +155,7 @@ def beam_search(model: MiniLlama, input_ids: torch.Tensor, attention_mask: torch
         done = ~improvable.any() | (finished.all() & (early_stopping is True)) | ends.all()
         if bool(done):
             break
-        # Each running beam continues from its source beam's cache.
-        cache.reorder((beam_source + row_offset).flatten())
-        logits = decode_one_token(model, running[:, :, cur - 1].reshape(B * N, 1), next_pos, cache)
-        next_pos = next_pos + 1
+        logits = advance(running[:, :, cur - 1].reshape(B * N, 1), (beam_source + row_offset).flatten())
 
     winner = best[:, 0]  # (B, L): pools are sorted best first
     return winner[:, :T + int(best_lengths[:, 0].max())]

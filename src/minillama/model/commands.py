@@ -1,4 +1,5 @@
-"""`minillama model info`: a preset's or checkpoint's shape, parameter count and FLOPs."""
+"""`minillama model info | presets | resize-vocab`: a preset's or checkpoint's shape, parameter count and
+FLOPs; growing a model's vocabulary to an extended tokenizer."""
 
 from __future__ import annotations
 
@@ -19,6 +20,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(func=run_info)
     presets = sub.add_parser("presets", help="list the named presets")
     presets.set_defaults(func=run_presets)
+    resize = sub.add_parser("resize-vocab", help="grow a model's embedding and LM head to an extended tokenizer",
+                            description="Add rows to embed_tokens and lm_head for the new tokens of a tokenizer "
+                                        "made by `minillama tokenizer extend`; old rows, and so the outputs on "
+                                        "old-vocabulary inputs, stay as they were.")
+    add_checkpoint_option(resize, "model (config.json + weights, its tokenizer beside them)")
+    resize.add_argument("--tokenizer", "-t", required=True, metavar="DIR",
+                        help="the extended tokenizer (it must extend the one saved with the model)")
+    resize.add_argument("--init", choices=("mean", "random", "subword"), default="subword",
+                        help="new rows: the model's random init, the mean of the old rows, or the mean of "
+                             "the rows of the old tokens each new token was spelled with (default: %(default)s)")
+    resize.add_argument("--out", required=True, metavar="DIR",
+                        help="output model directory: new, empty or an earlier model (replaced atomically)")
+    resize.add_argument("--seed", type=int, default=0, help="seed of --init random (default: %(default)s)")
+    resize.add_argument("--overwrite", action="store_true",
+                        help="replace what --out holds even if minillama did not write it (never an input)")
+    resize.set_defaults(func=run_resize)
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -52,4 +69,15 @@ def run_presets(args: argparse.Namespace) -> int:
         print(f"{name:<12} {params / 1e6:7.2f}M  hidden {config.hidden_size:<4} layers {config.num_hidden_layers:<3}"
               f"heads {config.num_attention_heads}/{config.num_key_value_heads} vocab {config.vocab_size} "
               f"context {config.max_position_embeddings}")
+    return 0
+
+
+def run_resize(args: argparse.Namespace) -> int:
+    from minillama.model.resize import resize_model_dir
+    from minillama.train.checkpoint import resolve_checkpoint
+
+    sizes = resize_model_dir(resolve_checkpoint(args.checkpoint), args.tokenizer, args.init, args.out,
+                             seed=args.seed, overwrite=args.overwrite)
+    print(f"saved the model with {sizes['new']} tokens ({sizes['new'] - sizes['old']} new, init {args.init}) "
+          f"and its tokenizer to {args.out}")
     return 0

@@ -1,4 +1,4 @@
-"""`minillama tokenizer train | encode | decode | info`."""
+"""`minillama tokenizer train | extend | encode | decode | info`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="context length recorded in tokenizer_config.json")
     train.set_defaults(func=_train)
 
+    extend = commands.add_parser(
+        "extend", help="add tokens learned on a new corpus (e.g. another language), keeping every old id",
+        description="Learn new BPE merges on a new corpus, starting from the tokenizer's vocabulary and "
+                    "merges, and append them: old tokens keep their ids and old merges their ranks.")
+    extend.add_argument("--tokenizer", "-t", required=True, metavar="DIR", help="the tokenizer to extend")
+    extend.add_argument("--input", nargs="+", metavar="FILE",
+                        help="UTF-8 text files, plain or .gz (default: the training split of the shipped "
+                             "Tatoeba Chinese sentences, dataset tatoeba-zh)")
+    extend.add_argument("--add", type=int, required=True, metavar="N", help="new tokens to learn (at most)")
+    extend.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory: new, empty or an earlier tokenizer (replaced atomically)")
+    extend.add_argument("--overwrite", action="store_true",
+                        help="replace what --out holds even if minillama did not write it (never an input)")
+    extend.add_argument("--allow-ascii", action="store_true",
+                        help="also learn tokens made only of ASCII bytes (then English text may encode "
+                             "differently; the old ids stay valid either way)")
+    extend.add_argument("--utf8-errors", choices=("strict", "replace"), default="strict",
+                        help="on bytes that are not UTF-8: stop with an error, or read them as U+FFFD")
+    extend.set_defaults(func=_extend)
+
     encode = commands.add_parser("encode", help="print the token ids of a text")
     encode.add_argument("text", nargs="?", help="text to encode (default: read standard input)")
     encode.add_argument("--tokenizer", "-t", default="runs/tokenizer", metavar="DIR",
@@ -65,6 +85,23 @@ def _train(args: argparse.Namespace) -> int:
                                 model_max_length=args.model_max_length, overwrite=args.overwrite)
     print(f"saved {tokenizer.vocab_size}-token tokenizer to {args.out} "
           f"(fingerprint {tokenizer.fingerprint()[:16]})")
+    return 0
+
+
+def _extend(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from minillama.data.sources import dataset_text_files
+    from minillama.tokenizer.extend import extend_tokenizer
+    from minillama.tokenizer.tokenizer import Tokenizer
+
+    old_size = Tokenizer.from_pretrained(args.tokenizer).vocab_size
+    inputs = contextlib.nullcontext(args.input) if args.input else dataset_text_files("tatoeba-zh")
+    with inputs as paths:
+        tokenizer = extend_tokenizer(args.tokenizer, paths, args.add, args.out, allow_ascii=args.allow_ascii,
+                                     overwrite=args.overwrite, progress=True, utf8_errors=args.utf8_errors)
+    print(f"saved {tokenizer.vocab_size}-token tokenizer ({tokenizer.vocab_size - old_size} new tokens, ids "
+          f"{old_size}..{tokenizer.vocab_size - 1}) to {args.out} (fingerprint {tokenizer.fingerprint()[:16]})")
     return 0
 
 

@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import sys
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from pathlib import Path
 
@@ -178,30 +178,45 @@ def _learn_merges(word_counts: dict[bytes, int], num_merges: int, progress: bool
                   ) -> list[tuple[bytes, bytes]]:
     """BPE merges over `word_counts` (pre-token bytes -> count); tokens are ids 0..255 for bytes,
     then one per new token string."""
-    token_bytes = [bytes([b]) for b in range(256)]
-    keys = [_reverse_key(t) for t in token_bytes]
-    token_id = {t: i for i, t in enumerate(token_bytes)}
+    words = [list(word) for word in word_counts]
+    return merge_words(words, list(word_counts.values()), [bytes([b]) for b in range(256)], num_merges,
+                       progress=progress)
 
-    words: list[list[int]] = []
-    counts: list[int] = []
+
+def merge_words(words: list[list[int]], counts: list[int], token_bytes: list[bytes], num_new: int, *,
+                allowed: Callable[[bytes, bytes], bool] | None = None, progress: bool = False
+                ) -> list[tuple[bytes, bytes]]:
+    """Steps 2 and 3 from any starting point: `words` are token-id sequences (ids index
+    `token_bytes`, the existing tokens), `counts` how often each occurs. Merges the most frequent
+    pair until `num_new` tokens were added and returns the merges (as byte pairs, in order).
+    `allowed(left, right)` may veto a pair: a vetoed pair is never merged (vocabulary extension
+    uses it to never re-create an existing token)."""
+    token_bytes = list(token_bytes)
+    keys = [_reverse_key(t) for t in token_bytes]
+    token_id: dict[bytes, int] = {}
+    for i, t in enumerate(token_bytes):
+        token_id.setdefault(t, i)
+
+    kept_words: list[list[int]] = []
+    kept_counts: list[int] = []
     pair_counts: dict[tuple[int, int], int] = defaultdict(int)
     where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of words containing it
-    for word, n in word_counts.items():
-        if len(word) < 2:
+    for symbols, n in zip(words, counts, strict=True):
+        if len(symbols) < 2:
             continue
-        index = len(words)
-        symbols = list(word)
-        words.append(symbols)
-        counts.append(n)
+        index = len(kept_words)
+        kept_words.append(list(symbols))
+        kept_counts.append(n)
         for pair in pairwise(symbols):
             pair_counts[pair] += n
             where[pair].add(index)
+    words, counts = kept_words, kept_counts
 
     heap = [(-n, keys[a], keys[b], a, b) for (a, b), n in pair_counts.items()]
     heapq.heapify(heap)
     merges: list[tuple[int, int]] = []
-    target = 256 + num_merges
-    bar = _progress_bar(progress, total=num_merges, desc="merging")
+    target = len(token_bytes) + num_new
+    bar = _progress_bar(progress, total=num_new, desc="merging")
     while len(token_bytes) < target and heap:
         neg_count, _, _, a, b = heapq.heappop(heap)
         count = pair_counts.get((a, b), 0)
@@ -209,6 +224,8 @@ def _learn_merges(word_counts: dict[bytes, int], num_merges: int, progress: bool
             if count > 0:
                 heapq.heappush(heap, (-count, keys[a], keys[b], a, b))
             continue
+        if allowed is not None and not allowed(token_bytes[a], token_bytes[b]):
+            continue  # vetoed: dropped (pushed again only if its count changes, then dropped again)
         new_token = token_bytes[a] + token_bytes[b]
         new = token_id.get(new_token)
         if new is None:

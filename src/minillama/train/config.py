@@ -58,7 +58,8 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    dataset: str = _f("tinystories-sample", "dataset name or path (.txt, .txt.gz, .jsonl, .parquet)")
+    dataset: str = _f("tinystories-sample", "dataset name or path (.txt, .txt.gz, .jsonl, .parquet), or a "
+                                            "weighted mixture: NAME:WEIGHT,NAME:WEIGHT,...")
     val_dataset: str | None = _f(None, "separate validation dataset (default: the dataset's own or a split)")
     tokenizer: str | None = _f(None, "tokenizer directory (default: OUT/tokenizer, trained if missing)")
     vocab_size: int = _f(4096, "vocabulary size when a tokenizer has to be trained")
@@ -89,6 +90,10 @@ class OptimSection:
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
+    trainable: str = _f("all", "all parameters; or new-embeddings: only the embedding (and LM head) rows of tokens "
+                               "added by `minillama model resize-vocab` (run.init_from such a model; weight decay "
+                               "is off so every other weight stays exactly as it was)",
+                        choices=("all", "new-embeddings"))
 
 
 @dataclass
@@ -107,6 +112,11 @@ class BudgetSection:
         return dataclasses.replace(self, max_minutes=5.0)
 
 
+# How the model is spread over processes (docs/training.md "ZeRO stages"); fsdp is the old name of zero3.
+PARALLEL_ALIASES = {"fsdp": "zero3"}
+PARALLEL_CHOICES = ("ddp", "zero1", "zero2", "zero3", *PARALLEL_ALIASES)
+
+
 @dataclass
 class RunSection:
     out_dir: str = _f("runs/tiny", "run directory: checkpoints, metrics, curves, tokenizer, data")
@@ -117,14 +127,17 @@ class RunSection:
     compile: bool = _f(False, "torch.compile the model")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     threads: int | None = _f(None, "CPU threads (default: cores / processes)")
-    parallel: str = _f("ddp", "under torchrun: ddp (replicate) or fsdp (shard with fully_shard)",
-                       choices=("ddp", "fsdp"))
+    parallel: str = _f("ddp", "under torchrun: ddp (replicate everything); ZeRO stage zero1 (shard the optimizer "
+                              "state), zero2 (+ gradients) or zero3 (+ parameters); fsdp = zero3",
+                       choices=PARALLEL_CHOICES)
     eval_interval: int = _f(100, "evaluate every this many steps (and at the end)")
     eval_batches: int = _f(20, "validation batches per periodic evaluation")
     log_interval: int = _f(10, "write metrics every this many steps")
     checkpoint_interval: int = _f(200, "save a checkpoint every this many steps (and at the end)")
     keep_last: int = _f(2, "checkpoints to keep (the best one is kept as well)")
     resume: str = _f("auto", "auto: continue from OUT's latest checkpoint; never; or a checkpoint path")
+    init_from: str | None = _f(None, "start from this model's weights (continued pretraining: its shape and "
+                                     "tokenizer are used; the step count starts at 0)")
     on_nonfinite: str = _f("stop", "a NaN/inf loss or gradient: stop, or skip the batch",
                            choices=("stop", "skip"))
     max_skips: int = _f(5, "with on_nonfinite=skip: stop after this many skipped batches")
@@ -167,8 +180,12 @@ class TrainConfig:
             raise ValueError("optim.lr must be positive and optim.min_lr_ratio within [0, 1]")
         if not 0 < self.optim.decay_fraction <= 1:
             raise ValueError(f"optim.decay_fraction must be in (0, 1], got {self.optim.decay_fraction}")
-        if self.optim.optimizer == "muon" and self.run.parallel == "fsdp":
-            raise ValueError("optim.optimizer muon needs whole matrices, which FSDP shards: use run.parallel ddp")
+        if self.run.parallel not in PARALLEL_CHOICES:
+            raise ValueError(f"run.parallel must be one of {', '.join(PARALLEL_CHOICES)}, got {self.run.parallel!r}")
+        self.run.parallel = PARALLEL_ALIASES.get(self.run.parallel, self.run.parallel)
+        if self.optim.optimizer == "muon" and self.run.parallel in ("zero2", "zero3"):
+            raise ValueError(f"optim.optimizer muon needs whole matrices, which run.parallel {self.run.parallel} "
+                             "shards (FSDP): use run.parallel ddp or zero1")
         if self.optim.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.optim.warmup_steps}")
         if not 0 <= self.optim.label_smoothing < 1:
@@ -268,18 +285,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig 
     parser.usage = f"{parser.prog} [options] [--config FILE] [--SECTION.KEY VALUE ...]"
     parser.add_argument("--config", help="a TOML file with [model] [data] [optim] [budget] [run] sections")
     for section in dataclasses.fields(defaults):
-        description = "the preset, then any ModelConfig field as --model.FIELD" if section.name == "model" else None
-        group = parser.add_argument_group(f"[{section.name}]", description)
         values = getattr(defaults, section.name)
         fields = [f for f in dataclasses.fields(values) if f.name != "overrides"]
         kinds = field_kinds(type(values))
         if section.name == "model":  # the preset, then every ModelConfig field
             fields += dataclasses.fields(ModelConfig)
             kinds |= field_kinds(ModelConfig)
+        fields = [f for f in fields if f"{section.name}.{f.name}" not in exclude]
+        if not fields:  # a section the command spells its own way
+            continue
+        description = "the preset, then any ModelConfig field as --model.FIELD" if section.name == "model" else None
+        group = parser.add_argument_group(f"[{section.name}]", description)
         for f in fields:
             name = f"{section.name}.{f.name}"
-            if name in exclude:
-                continue
             default = getattr(values, f.name, None)
             shown = "from the preset" if section.name == "model" and f.name != "preset" else default
             group.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS,

@@ -1,9 +1,17 @@
-"""One process or many under torchrun: DDP (replicate) or FSDP2 (`fully_shard`).
+"""One process or many under torchrun: DDP (replicate), or the ZeRO stages on PyTorch's own stack.
+
+    ddp    every rank holds the parameters, gradients and optimizer state (DistributedDataParallel)
+    zero1  DDP + `ZeroRedundancyOptimizer`: each rank holds and updates 1/N of the optimizer state
+    zero2  FSDP2 `fully_shard(reshard_after_forward=False)`: optimizer state and gradients sharded;
+           the parameters are gathered once per step and stay whole from forward through backward
+    zero3  FSDP2 `fully_shard`: parameters too are sharded, each block gathered just while it runs
+           (`fsdp` is another name for it)
 
 The model knows nothing of parallelism; this wraps it from outside. Checkpoints always hold the
-full (unsharded) model and optimizer state keyed by parameter name, so they load on any world size.
+full (unsharded) model and optimizer state keyed by parameter name, so they load on any world size
+and under any stage.
 
-    torchrun --nproc_per_node 4 -m minillama train --run.parallel fsdp ...
+    torchrun --nproc_per_node 4 -m minillama train --run.parallel zero2 ...
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from minillama.hardware import available_cpus, resolve_device
+from minillama.train.config import PARALLEL_ALIASES
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -34,6 +43,7 @@ class Distributed:
     world_size: int
     local_rank: int
     device: torch.device
+    parallel: str = "ddp"  # what `wrap` did: ddp, zero1, zero2 or zero3 (ddp in one process)
 
     @property
     def is_main(self) -> bool:
@@ -62,16 +72,23 @@ class Distributed:
 
     # ---- wrapping -----------------------------------------------------------------------------
     def wrap(self, model: nn.Module, parallel: str = "ddp", compile: bool = False) -> nn.Module:
-        """DDP or FSDP2 around `model` under torchrun, optionally compiled; `model` itself stays
-        the module whose parameters the optimizer holds."""
+        """DDP or FSDP2 around `model` under torchrun (by ZeRO stage: see the module's docstring),
+        optionally compiled; `model` itself stays the module whose parameters the optimizer holds.
+        zero1's sharding lives in the optimizer (`build_optimizers(zero_redundancy=True)`)."""
+        parallel = PARALLEL_ALIASES.get(parallel, parallel)
         model.to(self.device)
         wrapped: nn.Module = model
-        if self.world_size > 1 and parallel == "fsdp":
+        self.parallel = parallel if self.world_size > 1 else "ddp"
+        if self.parallel in ("zero2", "zero3"):
             from torch.distributed.fsdp import fully_shard
 
+            # zero2 keeps each block's gathered parameters from its forward to its backward (one
+            # all-gather a step); zero3 frees them after forward and gathers again in backward
+            # (None: FSDP2's default, which keeps the root's own parameters, needed first in backward).
+            reshard = None if self.parallel == "zero3" else False
             for layer in model.blocks():  # shard each block, then the rest (embedding, head)
-                fully_shard(layer)
-            fully_shard(model)
+                fully_shard(layer, reshard_after_forward=reshard)
+            fully_shard(model, reshard_after_forward=reshard)
         elif self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -124,13 +141,123 @@ class Distributed:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     def full_optimizer_state(self, wrapped: nn.Module, optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
-        """The optimizers' state as one full (unsharded) dict keyed by parameter name."""
-        model = getattr(wrapped, "_orig_mod", wrapped)
-        model = getattr(model, "module", model)  # DDP
+        """The optimizers' state as one full (unsharded) dict keyed by parameter name (collective
+        under zero1/2/3; under zero1 only rank 0 gets it, the others an empty dict)."""
+        model = _unwrap(wrapped)
+        if self.parallel == "zero1":
+            return _zero_full_state(model, optimizers, self.is_main)
         return get_optimizer_state_dict(model, optimizers, options=FULL)
 
     def load_optimizer_state(self, wrapped: nn.Module, optimizers: list[torch.optim.Optimizer],
                              state: dict[str, Any]) -> None:
-        model = getattr(wrapped, "_orig_mod", wrapped)
-        model = getattr(model, "module", model)
+        """Load a full state from `full_optimizer_state` (saved under any stage and world size)."""
+        model = _unwrap(wrapped)
+        if self.parallel == "zero1":
+            _zero_load_full_state(model, optimizers, state)
+            return
         set_optimizer_state_dict(model, optimizers, state, options=StateDictOptions(full_state_dict=True))
+
+    # ---- what this rank holds -------------------------------------------------------------------
+    @staticmethod
+    def parameter_bytes(model: nn.Module) -> int:
+        """Bytes of the parameters this rank holds now: FSDP2 swaps a module's sharded DTensor
+        parameters for whole ones while they are gathered, and back when it reshards."""
+        return sum(_local_bytes(p) for p in model.parameters())
+
+    def memory(self, model: nn.Module, optimizers: list[torch.optim.Optimizer],
+               params_in_step: int = 0) -> dict[str, Any]:
+        """Bytes of parameters, gradients and optimizer state this rank holds now, after an
+        optimizer step (local shards: a DTensor's `to_local()`, zero1's own partition), next to
+        what DDP would hold (the whole of each); `params_in_step`: parameter bytes held between a
+        forward and its backward (`parameter_bytes` then). Collective under zero1 (the whole
+        optimizer state is the sum of the partitions)."""
+        params = list(model.parameters())
+        held = {"params": self.parameter_bytes(model),
+                "grads": sum(_local_bytes(p.grad) for p in params if p.grad is not None),
+                "optimizer": sum(_local_bytes(t) for opt in optimizers for t in _state_tensors(_local_optimizer(opt)))}
+        whole = {"params": sum(_full_bytes(p) for p in params),
+                 "grads": sum(_full_bytes(p.grad) for p in params if p.grad is not None)}
+        if self.parallel == "zero1":
+            total = torch.tensor(float(held["optimizer"]), dtype=torch.float64, device=self.device)
+            dist.all_reduce(total)
+            whole["optimizer"] = int(total.item())
+        else:
+            whole["optimizer"] = sum(_full_bytes(t) for opt in optimizers for t in _state_tensors(opt))
+        report = {"parallel": self.parallel, "world_size": self.world_size,
+                  **{f"{k}_bytes": v for k, v in held.items()}, "params_in_step_bytes": params_in_step,
+                  **{f"ddp_{k}_bytes": v for k, v in whole.items()}, "max_rss_bytes": _max_rss_bytes()}
+        if self.device.type == "cuda":  # the allocator's peak: activations and buffers included
+            report["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        return report
+
+
+def _max_rss_bytes() -> int:
+    """This process's peak resident memory (runtime, data and activations included); 0 where
+    the platform has no getrusage (Windows)."""
+    import sys
+
+    try:
+        import resource
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def _unwrap(wrapped: nn.Module) -> nn.Module:
+    model = getattr(wrapped, "_orig_mod", wrapped)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
+def _full_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()  # a DTensor's numel is the global one
+
+
+def _local_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer: this rank's partition
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [v for state in optimizer.state.values() if state for v in state.values() if torch.is_tensor(v)]
+
+
+def _zero_full_state(model: nn.Module, optimizers: list[torch.optim.Optimizer], is_main: bool) -> dict[str, Any]:
+    """ZeroRedundancyOptimizers' partitions gathered on rank 0, re-keyed by parameter name into the
+    layout `get_optimizer_state_dict(full_state_dict=True)` writes for unsharded optimizers."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    full: dict[str, Any] = {"state": {}, "param_groups": []}
+    for optimizer in optimizers:
+        optimizer.consolidate_state_dict(to=0)  # collective
+        if not is_main:
+            continue
+        saved = optimizer.state_dict()  # indices follow the order of optimizer.param_groups
+        order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+        for index, state in saved["state"].items():
+            full["state"][order[index]] = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+        for group in saved["param_groups"]:
+            full["param_groups"].append({**group, "params": [order[i] for i in group["params"]]})
+    return full
+
+
+def _zero_load_full_state(model: nn.Module, optimizers: list[torch.optim.Optimizer], full: dict[str, Any]) -> None:
+    """A full state keyed by parameter name into ZeroRedundancyOptimizers: each keeps its partition."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    saved_group = {name: group for group in full["param_groups"] for name in group["params"]}
+    for optimizer in optimizers:
+        order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+        index = {name: i for i, name in enumerate(order)}
+        groups = [{**saved_group[names[id(group["params"][0])]],
+                   "params": [index[names[id(p)]] for p in group["params"]]} for group in optimizer.param_groups]
+        state = {index[name]: dict(value) for name, value in full["state"].items() if name in index}
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        local = _local_optimizer(optimizer)
+        for group in local.param_groups:  # ZeRO puts "step" on the CPU; fused kernels want it by the parameter
+            if group.get("fused") or group.get("capturable"):
+                for p in group["params"]:
+                    if torch.is_tensor(local.state.get(p, {}).get("step")):
+                        local.state[p]["step"] = local.state[p]["step"].to(p.device)

@@ -138,6 +138,7 @@ class Trainer:
         self.model_files = model_files or CausalLMFiles(model.config)
         self.step, self.tokens, self.elapsed, self.skipped = 0, 0, 0.0, 0
         self.total_steps: int | None = None
+        self._memory_logged, self._params_in_step = False, 0
         self.best_val_loss: float | None = None
         self.last_val_loss: float | None = None
         self.last_val_step: int | None = None
@@ -150,10 +151,13 @@ class Trainer:
             raise
         self.saved_step = self.step  # a resumed step is already saved
         self.wrapped = dist.wrap(model, config.run.parallel, compile=config.run.compile)
-        self.optimizers = build_optimizers(model, config.optim, self.device.type)
+        self.optimizers = build_optimizers(model, config.optim, self.device.type,
+                                           zero_redundancy=dist.parallel == "zero1")
+        self.memory: dict[str, Any] | None = None  # what this rank holds, measured after its first step
         if self._resumed is not None:
             dist.load_optimizer_state(self.wrapped, self.optimizers, self._resumed.tensors["optimizer"])
             self._restore_rng(self._resumed.tensors)
+            self._resumed = None  # the whole optimizer state as read: keeping it would undo a stage's sharding
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
 
     def _let_go(self) -> None:
@@ -268,6 +272,8 @@ class Trainer:
             batch = self.dist.to_device(next(self.batches))
             with self.dist.no_sync(self.wrapped, last=micro == accum - 1), self._autocast():
                 loss = self.batch_loss(self.wrapped, batch, smoothing) / accum
+            if self.memory is None and micro == 0:  # parameters gathered between forward and backward
+                self._params_in_step = self.dist.parameter_bytes(self.model)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
         if self.scaler:
@@ -289,6 +295,8 @@ class Trainer:
                 optimizer.step()
         if self.scaler:
             self.scaler.update()
+        if self.memory is None:  # gradients and optimizer state exist now (both are made lazily)
+            self.memory = self.dist.memory(self.model, self.optimizers, self._params_in_step)
         self._zero_grad()
         return loss_value, grad_norm
 
@@ -382,6 +390,8 @@ class Trainer:
                         # re-estimated at each evaluation: the machine's speed may change
                         self._calibrate((self.elapsed - calibration_elapsed) / (self.step - calibrate_from))
                         progress.total = self._schedule_steps()
+                if self.memory is not None and not self._memory_logged:
+                    self._log_memory(metrics)
                 if self.step % run.log_interval == 0 or self.step == 1:
                     seconds = time.perf_counter() - window_start
                     tokens_per_s = window_steps * self.tokens_per_step / seconds
@@ -420,6 +430,20 @@ class Trainer:
         if self.step % run.checkpoint_interval == 0 or last_step:
             self.save()
 
+    def _log_memory(self, metrics: MetricsLog | None) -> None:
+        """Bytes of parameters, gradients and optimizer state on this rank (rank 0's; the others
+        hold the same up to rounding of the shards) against DDP's whole copies."""
+        self._memory_logged = True
+        if not self.dist.is_main:
+            return
+        m = self.memory
+        parts = ", ".join(f"{what} {_mib(m[f'{what}_bytes'])} (DDP {_mib(m[f'ddp_{what}_bytes'])})"
+                          for what in ("params", "grads", "optimizer"))
+        parts += f"; params gathered during a step {_mib(m['params_in_step_bytes'])}"
+        log.info("memory per rank (%s on %d processes): %s", m["parallel"], m["world_size"], parts)
+        if metrics:
+            metrics.write({"step": self.step, "memory": m})
+
     def _log_eval(self, metrics: MetricsLog | None) -> None:
         val_loss = self.evaluate()
         if val_loss is None or metrics is None:
@@ -432,6 +456,10 @@ class Trainer:
     def _progress_bar(self):
         return progress_bar(total=self._schedule_steps(), initial=self.step, unit="step", desc="train",
                             enabled=self.config.run.progress and self.dist.is_main)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
 
 
 class _SignalFlag:

@@ -11,7 +11,8 @@ from torch import nn
 from minillama.train.config import OptimSection
 
 
-def build_optimizers(model: nn.Module, optim: OptimSection, device_type: str) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: nn.Module, optim: OptimSection, device_type: str,
+                     zero_redundancy: bool = False) -> list[torch.optim.Optimizer]:
     """AdamW for every trainable parameter, or with `optim.optimizer == "muon"` Muon for the weight
     matrices inside `model.blocks()` and AdamW for the rest (embeddings, head, norms, biases):
     Muon orthogonalises a matrix's momentum, which suits hidden matrices, not a lookup table or
@@ -21,7 +22,11 @@ def build_optimizers(model: nn.Module, optim: OptimSection, device_type: str) ->
     Norms and biases (1-D tensors) get no weight decay: shrinking them only hurts. AdamW is the
     fused kernel (one pass over each parameter, its gradient and state) on CUDA and CPU, where it
     is 5-10x faster than foreach (20-40 ms against 190-220 ms a step for stories15M's 15M
-    parameters on 2 cores: foreach's many passes are bound by memory bandwidth); foreach elsewhere."""
+    parameters on 2 cores: foreach's many passes are bound by memory bandwidth); foreach elsewhere.
+
+    `zero_redundancy` (ZeRO stage 1, under torchrun): each optimizer becomes a PyTorch
+    `ZeroRedundancyOptimizer`, which gives every rank whole parameters totalling about 1/N of the
+    model, keeps their state and updates them only there, then broadcasts the new values."""
     params = [p for p in model.parameters() if p.requires_grad]
     muon: list[torch.Tensor] = []
     if optim.optimizer == "muon":
@@ -32,12 +37,19 @@ def build_optimizers(model: nn.Module, optim: OptimSection, device_type: str) ->
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": optim.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     fused = device_type in ("cuda", "cpu")
-    optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=(optim.beta1, optim.beta2),
-                          eps=optim.eps, fused=fused, foreach=None if fused else True)]
+
+    def make(cls: type[torch.optim.Optimizer], params: list, **kwargs) -> torch.optim.Optimizer:
+        if zero_redundancy:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            return ZeroRedundancyOptimizer(params, optimizer_class=cls, **kwargs)
+        return cls(params, **kwargs)
+
+    optimizers = [make(torch.optim.AdamW, [g for g in groups if g["params"]], lr=optim.lr,
+                       betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused, foreach=None if fused else True)]
     if muon:
-        optimizers.append(torch.optim.Muon(muon, lr=optim.lr, weight_decay=optim.weight_decay,
-                                           adjust_lr_fn="match_rms_adamw"))
+        optimizers.append(make(torch.optim.Muon, muon, lr=optim.lr, weight_decay=optim.weight_decay,
+                               adjust_lr_fn="match_rms_adamw"))
     return optimizers
 
 

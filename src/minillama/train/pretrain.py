@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -95,13 +97,31 @@ def check_before_work(config: TrainConfig) -> None:
     context, a dataset that does not exist or cannot be read, a resume that would mix runs."""
     from minillama.data import resolve_dataset
 
-    context = config.model.build().max_position_embeddings  # positions do not depend on the tokenizer
+    if config.run.init_from:
+        from minillama.model import load_config
+
+        context = load_config(ckpt.resolve_checkpoint(config.run.init_from)).max_position_embeddings
+    else:
+        context = config.model.build().max_position_embeddings  # positions do not depend on the tokenizer
     if config.data.seq_len > context:
         raise ValueError(f"data.seq_len {config.data.seq_len} is longer than the model's context "
                          f"(max_position_embeddings {context}); lower data.seq_len or raise "
                          "model.max_position_embeddings")
     if not config.data.prepared:
-        resolve_dataset(config.data.dataset, utf8_errors=config.data.utf8_errors)
+        from minillama.data.mixture import parse_mixture
+
+        mixture = parse_mixture(config.data.dataset)
+        for name, _ in mixture or [(config.data.dataset, 1.0)]:
+            resolve_dataset(name, utf8_errors=config.data.utf8_errors)
+        if mixture and not (config.data.tokenizer or config.run.init_from):
+            raise MiniLlamaError("a data mixture needs a tokenizer: set data.tokenizer, or run.init_from a model "
+                                 "saved with its tokenizer")
+    if config.optim.trainable == "new-embeddings":
+        from minillama.model.resize import EXTENSION_FILE
+
+        if not config.run.init_from or not (ckpt.resolve_checkpoint(config.run.init_from) / EXTENSION_FILE).is_file():
+            raise MiniLlamaError("optim.trainable new-embeddings trains the rows `minillama model resize-vocab` "
+                                 f"added: set run.init_from to a model it made (with {EXTENSION_FILE})")
     ckpt.resume_source(config.run.out_dir, config.run.resume)
 
 
@@ -109,6 +129,7 @@ def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> Training
     """Train a language model from scratch (or resume) as `config` says; returns the result.
     The run directory is locked for the whole run (`lock`: the caller's hold on it, if any)."""
     from minillama.data import TokenLoader
+    from minillama.data.mixture import parse_mixture
 
     dist = Distributed.from_env(config.run.device, config.run.threads)
     claimed = None
@@ -116,28 +137,47 @@ def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> Training
         check_before_work(config)
         if lock is None and dist.is_main:
             lock = claimed = ckpt.claim_run_directory(config.run.out_dir)
-        tokenizer_dir, prepared, meta = ensure_data(config, dist)
-        model_config = build_model_config(config, tokenizer_dir)
-        if config.data.prepared:
-            log.info("training on the token files in %s (%s)", prepared, meta.get("source"))
+        init_dir = ckpt.resolve_checkpoint(config.run.init_from) if config.run.init_from else None
+        if init_dir is not None and not config.data.tokenizer:  # continued pretraining: the model's tokenizer
+            if not (init_dir / "tokenizer.json").is_file():
+                raise MiniLlamaError(f"{init_dir} holds no tokenizer.json; name the model's tokenizer",
+                                     remedy=("tokenizer", "DIR", "name it"))
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, tokenizer=str(init_dir)))
+        mixture = None if config.data.prepared else parse_mixture(config.data.dataset)
+        if mixture:
+            tokenizer_dir = ensure_tokenizer(config, dist)
+            parts = prepare_mixture(config, dist, tokenizer_dir, mixture)
+            meta = parts[0][2]
+        else:
+            tokenizer_dir, prepared, meta = ensure_data(config, dist)
         torch.manual_seed(config.run.seed)
-        model = MiniLlama(model_config)
+        if init_dir is not None:
+            model = initial_model(config, init_dir, tokenizer_dir)
+        else:
+            model = MiniLlama(build_model_config(config, tokenizer_dir))
+        if config.data.prepared and not mixture:  # said once the model is known to fit the tokenizer
+            log.info("training on the token files in %s (%s)", prepared, meta.get("source"))
+        if config.optim.trainable == "new-embeddings":
+            config = train_only_new_embeddings(config, model, init_dir)
         if config.run.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
         data = config.data
-        train_batches = TokenLoader(prepared / "train.bin", data.batch_size, data.seq_len, mode=data.loader,
-                                    seed=config.run.seed, rank=dist.rank, world_size=dist.world_size)
-        val = TokenLoader(prepared / "val.bin", data.batch_size, data.seq_len, mode="sequential",
-                          rank=dist.rank, world_size=dist.world_size)
+        if mixture:
+            train_batches, evaluate = mixture_batches(config, dist, parts)
+        else:
+            train_batches = TokenLoader(prepared / "train.bin", data.batch_size, data.seq_len, mode=data.loader,
+                                        seed=config.run.seed, rank=dist.rank, world_size=dist.world_size)
+            val = TokenLoader(prepared / "val.bin", data.batch_size, data.seq_len, mode="sequential",
+                              rank=dist.rank, world_size=dist.world_size)
 
-        def evaluate(wrapped: torch.nn.Module) -> float:
-            batches = val.eval_batches(data.batch_size, data.seq_len, max_batches=config.run.eval_batches)
-            return evaluate_batches(wrapped, batches, dist.device)[0]
+            def evaluate(wrapped: torch.nn.Module) -> float:
+                batches = val.eval_batches(data.batch_size, data.seq_len, max_batches=config.run.eval_batches)
+                return evaluate_batches(wrapped, batches, dist.device)[0]
 
         trainer = Trainer(config, model, train_batches, evaluate, dist, tokenizer_dir=tokenizer_dir,
                           extra_state={"tokenizer_hash": meta.get("tokenizer_hash")}, lock=lock)
         result = trainer.fit()
-        if dist.is_main and result.val_loss is not None:
+        if dist.is_main and result.val_loss is not None and not mixture:
             at = "" if result.val_step == result.step else f" (evaluated at step {result.val_step})"
             windows = (len(val.file) - 1) // data.seq_len
             what = ("validation split" if config.run.eval_batches * data.batch_size * dist.world_size >= windows
@@ -154,3 +194,88 @@ def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> Training
 def bits_per_byte(loss: float, meta: dict) -> float:
     """Nats per token -> bits per UTF-8 byte of the validation text (tokenizer-independent)."""
     return loss / math.log(2) * meta["val_tokens"] / meta["val_bytes"]
+
+
+# ---- continued pretraining: start from a model, a weighted data mixture ------------------------------
+def initial_model(config: TrainConfig, init_dir: Path, tokenizer_dir: Path) -> MiniLlama:
+    """The model in `init_dir` (run.init_from), checked against the tokenizer it will train with."""
+    from minillama.tokenizer import Tokenizer, check_tokenizer_matches
+
+    if config.model.overrides:
+        log.warning("run.init_from: the model's own shape is used; model.%s ignored",
+                    ", model.".join(config.model.overrides))
+    model = MiniLlama.from_pretrained(init_dir)
+    check_tokenizer_matches(Tokenizer.from_pretrained(tokenizer_dir), model.config.vocab_size, init_dir)
+    log.info("starting from the weights in %s (%d tokens)", init_dir, model.config.vocab_size)
+    return model
+
+
+def train_only_new_embeddings(config: TrainConfig, model: MiniLlama, init_dir: Path | None) -> TrainConfig:
+    """Freeze everything but the embedding (and an untied head); zero the gradient of the old rows.
+    With weight decay off, AdamW then leaves every old weight exactly as it was (zero gradient,
+    zero moments, zero update). Returns the config with weight decay 0."""
+    import json
+
+    from minillama.model.resize import EXTENSION_FILE
+
+    record = init_dir / EXTENSION_FILE if init_dir is not None else None
+    if record is None or not record.is_file():
+        raise MiniLlamaError(f"optim.trainable new-embeddings: {init_dir} is not a model made by `minillama model "
+                             f"resize-vocab` (no {EXTENSION_FILE} naming the new rows)")
+    old_size = json.loads(record.read_text(encoding="utf-8"))["old_vocab_size"]
+    keep = torch.zeros(model.config.vocab_size, 1)
+    keep[old_size:] = 1.0
+    for param in model.parameters():
+        param.requires_grad_(False)
+    matrices = {id(p): p for p in (model.model.embed_tokens.weight, model.lm_head.weight)}
+    for param in matrices.values():
+        param.requires_grad_(True)
+        param.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
+    log.info("training only the %d new embedding rows (ids %d..%d); weight decay off",
+             model.config.vocab_size - old_size, old_size, model.config.vocab_size - 1)
+    return dataclasses.replace(config, optim=dataclasses.replace(config.optim, weight_decay=0.0))
+
+
+def prepare_mixture(config: TrainConfig, dist: Distributed, tokenizer_dir: Path,
+                    mixture: list[tuple[str, float]]) -> list[tuple[str, float, dict, Path]]:
+    """Token files of each component in OUT/data-mixture/<i>-<name> (prepared if missing or out of
+    date): [(name, weight, meta, directory)]."""
+    from minillama.data import prepare_dataset, read_meta
+
+    root = Path(config.run.out_dir) / "data-mixture"
+    parts = []
+    for i, (name, weight) in enumerate(mixture):
+        path = root / f"{i}-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(name).name)[:40]}"
+        if dist.is_main:
+            prepare_dataset(tokenizer_dir, name, path, progress=config.run.progress,
+                            utf8_errors=config.data.utf8_errors)
+        dist.barrier()
+        parts.append((name, weight, read_meta(path), path))
+    return parts
+
+
+def mixture_batches(config: TrainConfig, dist: Distributed, parts: list[tuple[str, float, dict, Path]]):
+    """(train batches, evaluate): windows drawn by weight; validation loss the weighted mean of
+    each component's (each logged)."""
+    from minillama.data import TokenFile, TokenLoader
+    from minillama.data.mixture import MixtureLoader
+
+    data = config.data
+    train = MixtureLoader([TokenFile(p / "train.bin") for *_, p in parts], [w for _, w, *_ in parts],
+                          data.batch_size, data.seq_len, seed=config.run.seed, rank=dist.rank,
+                          world_size=dist.world_size)
+    vals = [(name, weight, meta, TokenLoader(p / "val.bin", data.batch_size, data.seq_len, mode="sequential",
+                                             rank=dist.rank, world_size=dist.world_size))
+            for name, weight, meta, p in parts]
+
+    def evaluate(wrapped: torch.nn.Module) -> float:
+        total = 0.0
+        for name, weight, meta, val in vals:
+            batches = val.eval_batches(data.batch_size, data.seq_len, max_batches=config.run.eval_batches)
+            loss = evaluate_batches(wrapped, batches, dist.device)[0]
+            if dist.is_main:
+                log.info("validation %s: loss %.4f, %.3f bits per byte", name, loss, bits_per_byte(loss, meta))
+            total += weight * loss
+        return total
+
+    return train, evaluate
