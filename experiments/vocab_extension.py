@@ -140,7 +140,8 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
         label = variant_name(variant)
         axes[0].plot(steps, [p["zh"] for p in points], marker="o", label=label)
         axes[1].plot(steps, [p["en"] for p in points], marker="o", label=label)
-    axes[0].set_title("Chinese (held-out Tatoeba sentences)")
+    axes[0].set_yscale("log")  # the byte-level start (about 19 bits per byte) would flatten the rest
+    axes[0].set_title("Chinese (held-out Tatoeba sentences), log scale")
     axes[1].set_title("English (TinyStories validation): forgetting")
     for ax in axes:
         ax.set_xlabel("continued-pretraining step")
