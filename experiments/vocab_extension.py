@@ -50,8 +50,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--add", type=int, default=2048, help="Chinese tokens to add")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--base-steps", type=int, default=400)
-    p.add_argument("--steps", type=int, default=200, help="continued-pretraining steps per variant")
-    p.add_argument("--checkpoints", type=int, default=4, help="evaluated checkpoints per variant")
+    p.add_argument("--steps", type=int, default=300, help="continued-pretraining steps per variant")
+    p.add_argument("--checkpoints", type=int, default=6, help="evaluated checkpoints per variant")
     p.add_argument("--warmup-steps", type=int, default=100,
                    help="a fifth run: subword init, these steps training only the new rows, then the rest "
                         "of --steps training everything (0: leave it out)")
