@@ -150,13 +150,11 @@ def pretrain(config: TrainConfig, lock: DirectoryLock | None = None) -> Training
             meta = parts[0][2]
         else:
             tokenizer_dir, prepared, meta = ensure_data(config, dist)
-            if config.data.prepared:
-                log.info("training on the token files in %s (%s)", prepared, meta.get("source"))
+        model_config = None if init_dir is not None else build_model_config(config, tokenizer_dir)
+        if config.data.prepared:
+            log.info("training on the token files in %s (%s)", prepared, meta.get("source"))
         torch.manual_seed(config.run.seed)
-        if init_dir is not None:
-            model = initial_model(config, init_dir, tokenizer_dir)
-        else:
-            model = MiniLlama(build_model_config(config, tokenizer_dir))
+        model = initial_model(config, init_dir, tokenizer_dir) if init_dir is not None else MiniLlama(model_config)
         if config.optim.trainable == "new-embeddings":
             config = train_only_new_embeddings(config, model, init_dir)
         if config.run.gradient_checkpointing:
