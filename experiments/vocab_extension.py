@@ -50,8 +50,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--add", type=int, default=2048, help="Chinese tokens to add")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--base-steps", type=int, default=400)
-    p.add_argument("--steps", type=int, default=200, help="continued-pretraining steps per variant")
-    p.add_argument("--checkpoints", type=int, default=4, help="evaluated checkpoints per variant")
+    p.add_argument("--steps", type=int, default=300, help="continued-pretraining steps per variant")
+    p.add_argument("--checkpoints", type=int, default=6, help="evaluated checkpoints per variant")
     p.add_argument("--warmup-steps", type=int, default=100,
                    help="a fifth run: subword init, these steps training only the new rows, then the rest "
                         "of --steps training everything (0: leave it out)")
@@ -112,13 +112,20 @@ def variant_name(variant: str) -> str:
     return f"extended, {variant} init"
 
 
+def steps_of(run: Path, offset: int = 0) -> list[tuple[int, Path]]:
+    """(offset + step, directory) of each checkpoint of a run."""
+    from minillama.train.checkpoint import list_checkpoints, step_of
+
+    return [(offset + step_of(c), c) for c in list_checkpoints(run / "checkpoints")]
+
+
 def evaluated(run: Path, models: list[tuple[int, Path]], args) -> list[dict]:
-    """[{"step", "zh", "en"}] of each (step offset, model directory), cached in run/points.json."""
+    """[{"step", "zh", "en"}] of each (continued-pretraining step, model directory), cached in
+    run/points.json."""
     cache = run / "points.json"
     points = json.loads(cache.read_text()) if cache.is_file() else {}
     val = None
-    for offset, model_dir in models:
-        step = offset + (int(model_dir.name.split("-")[1]) if model_dir.name.startswith("step-") else 0)
+    for step, model_dir in models:
         if str(step) not in points:
             val = val or validation_files(run, args)
             points[str(step)] = {"step": step, **evaluate(model_dir, val, args)}
@@ -140,7 +147,8 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
         label = variant_name(variant)
         axes[0].plot(steps, [p["zh"] for p in points], marker="o", label=label)
         axes[1].plot(steps, [p["en"] for p in points], marker="o", label=label)
-    axes[0].set_title("Chinese (held-out Tatoeba sentences)")
+    axes[0].set_yscale("log")  # the byte-level start (about 19 bits per byte) would flatten the rest
+    axes[0].set_title("Chinese (held-out Tatoeba sentences), log scale")
     axes[1].set_title("English (TinyStories validation): forgetting")
     for ax in axes:
         ax.set_xlabel("continued-pretraining step")
@@ -203,7 +211,7 @@ def main() -> None:
         run = out / f"cpt-{variant}"
         if not finished(run, args.steps):
             train(args, run, args.steps, MIXTURE, "--run.init_from", str(start))
-        curves[variant] = evaluated(run, [(0, start), *((0, c) for c in list_checkpoints(run / "checkpoints"))], args)
+        curves[variant] = evaluated(run, [(0, start), *steps_of(run)], args)
     if args.warmup_steps:  # subword init, the new rows alone first, then everything: the same steps in all
         first, run = out / "cpt-subword-warmup-embeddings", out / "cpt-subword-warmup"
         if not finished(first, args.warmup_steps):
@@ -211,8 +219,7 @@ def main() -> None:
                   "--optim.trainable", "new-embeddings")
         if not finished(run, args.steps - args.warmup_steps):
             train(args, run, args.steps - args.warmup_steps, MIXTURE, "--run.init_from", str(resolve_checkpoint(first)))
-        models = [(0, starts["subword"]), *((0, c) for c in list_checkpoints(first / "checkpoints")),
-                  *((args.warmup_steps, c) for c in list_checkpoints(run / "checkpoints"))]
+        models = [(0, starts["subword"]), *steps_of(first), *steps_of(run, args.warmup_steps)]
         curves["subword+warmup"] = evaluated(run, models, args)
 
     results = {"args": vars(args), "compression": compression, "curves": curves}
