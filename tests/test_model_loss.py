@@ -132,3 +132,19 @@ def test_a_compiled_model_trains_through_the_eager_fused_loss(monkeypatch):
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
     for compiled_grad, eager_grad in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_fused_loss_takes_any_number_of_shapes_in_one_process():
+    """Padded batches change the rows of every call and each model brings its vocabulary: more
+    shapes than dynamo's recompile limit (8) must not turn into a hard error under fullgraph."""
+    torch.manual_seed(0)
+    for vocab in (50, 97, 130):
+        weight = torch.randn(vocab, 16, requires_grad=True)
+        for rows in (3, 5, 11, 17, 29):
+            hidden = torch.randn(1, rows, 16, requires_grad=True)
+            targets = torch.randint(0, vocab, (1, rows))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = linear_cross_entropy(hidden, weight, targets)
+            loss.backward()
+            expected = F.cross_entropy((hidden[0].bfloat16() @ weight.bfloat16().T).float(), targets[0])
+            torch.testing.assert_close(loss, expected, atol=2e-2, rtol=2e-2)
