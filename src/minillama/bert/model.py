@@ -259,10 +259,45 @@ class BertOnlyMLMHead(nn.Module):
         return self.predictions(x)
 
 
-class BertForMaskedLM(nn.Module):
+class BertTask(nn.Module):
+    """What the two task models share: an encoder at `self.bert`, the hooks the Trainer asks of a
+    model, and transformers' directory layout under the subclass's `architecture`."""
+
+    architecture: str
+    head_rows = 0.0  # the share of tokens that pass through the vocabulary-sized head in training
+
+    def blocks(self) -> nn.ModuleList:
+        return self.bert.encoder.layer
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.bert.encoder.gradient_checkpointing = enabled
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        return encoder_flops_per_token(self.config, seq_len, training, self.head_rows)
+
+    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> None:
+        """config.json (with the labels of a classifier) + model.safetensors + checksum manifest,
+        atomically, in transformers' layout for `architecture`."""
+        from minillama.files import atomic_directory
+
+        labels = getattr(self, "labels", None)
+        with atomic_directory(directory, "classifier" if labels else "model", overwrite=overwrite) as tmp:
+            io.write_bert_dir(self.config, self.state_dict(), tmp, self.architecture, labels)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> BertTask:
+        """Strictly load a directory of this class (ours or transformers')."""
+        return io.load_bert(cls, Path(directory), device)
+
+
+class BertForMaskedLM(BertTask):
     """The encoder (no pooler, as transformers' BertForMaskedLM) and the MLM head."""
 
     architecture = "BertForMaskedLM"
+    head_rows = 0.15  # the head runs on the masked positions only
 
     def __init__(self, config: BertConfig, init: bool = True):
         super().__init__()
@@ -291,35 +326,8 @@ class BertForMaskedLM(nn.Module):
         loss = F.cross_entropy(logits.float(), labels[selected], label_smoothing=label_smoothing)
         return MaskedLMOutput(None, loss)
 
-    # ---- what the Trainer asks of a model ------------------------------------------------------------
-    def blocks(self) -> nn.ModuleList:
-        return self.bert.encoder.layer
 
-    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        self.bert.encoder.gradient_checkpointing = enabled
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
-        return encoder_flops_per_token(self.config, seq_len, training, head_rows=0.15)
-
-    # ---- model directories -----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> None:
-        """config.json + model.safetensors + checksum manifest (transformers' BertForMaskedLM layout)."""
-        from minillama.files import atomic_directory
-
-        with atomic_directory(directory, "model", overwrite=overwrite) as tmp:
-            io.write_bert_dir(self.config, self.state_dict(), tmp, self.architecture)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> BertForMaskedLM:
-        """Strictly load a BertForMaskedLM directory (ours or transformers')."""
-
-        return io.load_bert(cls, Path(directory), device)
-
-
-class BertForSequenceClassification(nn.Module):
+class BertForSequenceClassification(BertTask):
     """The encoder with its pooler, dropout and a linear classifier on the pooled [CLS] state."""
 
     architecture = "BertForSequenceClassification"
@@ -357,32 +365,6 @@ class BertForSequenceClassification(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         return SequenceClassifierOutput(logits, loss)
-
-    def blocks(self) -> nn.ModuleList:
-        return self.bert.encoder.layer
-
-    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        self.bert.encoder.gradient_checkpointing = enabled
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
-        return encoder_flops_per_token(self.config, seq_len, training, head_rows=0.0)
-
-    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> None:
-        """config.json (with the labels) + model.safetensors + checksum manifest, atomically."""
-        from minillama.files import atomic_directory
-
-        with atomic_directory(directory, "classifier", overwrite=overwrite) as tmp:
-            io.write_bert_dir(self.config, self.state_dict(), tmp, self.architecture, self.labels)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
-                        ) -> BertForSequenceClassification:
-        """Strictly load a BertForSequenceClassification directory (ours or transformers')."""
-
-        return io.load_bert(cls, Path(directory), device)
 
 
 def encoder_flops_per_token(config: BertConfig, seq_len: int, training: bool, head_rows: float) -> float:
