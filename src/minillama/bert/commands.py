@@ -9,7 +9,15 @@ import json
 from minillama.bert.config import BERT_PRESETS, BertConfig
 from minillama.model.config import ModelConfig
 from minillama.options import add_checkpoint_option, positive_int
-from minillama.train.config import TrainConfig, _convert, add_config_arguments, field_kinds, load_toml, set_field
+from minillama.train.config import (
+    TrainConfig,
+    _convert,
+    add_config_arguments,
+    add_model_arguments,
+    field_kinds,
+    load_toml,
+    set_field,
+)
 
 MODEL_DEST = "bert_model__"  # argparse dests of --model.FIELD (no dot: TrainConfig does not read them)
 
@@ -39,14 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "`minillama prepare` accepts. Runs resume from the latest checkpoint in run.out_dir.")
     exclude = ("model.preset", *(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)))
     add_config_arguments(pretrain, pretrain_defaults(), exclude=exclude)
-    group = pretrain.add_argument_group("[model] (BERT)", "a preset, then any BertConfig field as --model.FIELD")
-    group.add_argument("--model.preset", dest=MODEL_DEST + "preset", choices=tuple(BERT_PRESETS),
-                       default=argparse.SUPPRESS, help="BERT shape (Turc et al. 2019 names; default: mini)")
-    kinds = field_kinds(BertConfig)
-    for f in dataclasses.fields(BertConfig):
-        group.add_argument(f"--model.{f.name}", dest=MODEL_DEST + f.name, default=argparse.SUPPRESS,
-                           metavar=kinds[f.name].__name__.upper(),
-                           help=f"{f.metadata['help']} (default: from the preset)")
+    add_model_arguments(pretrain, BertConfig, BERT_PRESETS, MODEL_DEST, title="[model] (BERT)",
+                        preset_help="BERT shape (Turc et al. 2019 names; default: mini)")
     pretrain.set_defaults(func=run_pretrain)
 
     fill = actions.add_parser("fill-mask", help="the most likely tokens for each [MASK] of a text",

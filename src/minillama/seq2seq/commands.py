@@ -36,19 +36,12 @@ def _direction(text: str) -> str:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     from minillama.seq2seq.config import PRESETS, Seq2SeqConfig
-    from minillama.train.config import field_kinds
+    from minillama.train.config import add_model_arguments
 
-    group = parser.add_argument_group("[model]", "the seq2seq preset, then any Seq2SeqConfig (MarianConfig) "
-                                                 "field as --model.FIELD")
-    group.add_argument("--model.preset", dest=MODEL_OPTION + "preset", default="tiny", choices=tuple(PRESETS),
-                       help="named shape (default: %(default)s)")
-    kinds = field_kinds(Seq2SeqConfig)
-    for f in dataclasses.fields(Seq2SeqConfig):
-        if f.name in ("vocab_size", "decoder_vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id"):
-            continue  # the tokenizer's
-        group.add_argument(f"--model.{f.name}", dest=MODEL_OPTION + f.name, default=argparse.SUPPRESS,
-                           metavar=kinds[f.name].__name__.upper(),
-                           help=f"{f.metadata['help']} (default: from the preset)")
+    add_model_arguments(parser, Seq2SeqConfig, PRESETS, MODEL_OPTION, title="[model]", default_preset="tiny",
+                        preset_help="named shape (default: %(default)s)",
+                        skip=("vocab_size", "decoder_vocab_size", "pad_token_id", "eos_token_id",
+                              "decoder_start_token_id"))  # the tokenizer's
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

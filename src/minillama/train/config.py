@@ -305,6 +305,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig 
                                help=f"{f.metadata['help']} (default: {shown})")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, config_cls: type, presets: Any, dest: str, *,
+                        title: str, preset_help: str, default_preset: str | None = None,
+                        skip: tuple[str, ...] = ()) -> None:
+    """--model.preset and --model.FIELD for each field of another family's config dataclass (not
+    ModelConfig), stored under `dest + name`: no dot, so TrainConfig never reads them."""
+    group = parser.add_argument_group(title, f"a preset, then any {config_cls.__name__} field as --model.FIELD")
+    group.add_argument("--model.preset", dest=dest + "preset", choices=tuple(presets), help=preset_help,
+                       default=argparse.SUPPRESS if default_preset is None else default_preset)
+    kinds = field_kinds(config_cls)
+    for f in dataclasses.fields(config_cls):
+        if f.name not in skip:
+            group.add_argument(f"--model.{f.name}", dest=dest + f.name, default=argparse.SUPPRESS,
+                               metavar=kinds[f.name].__name__.upper(),
+                               help=f"{f.metadata['help']} (default: from the preset)")
+
+
 def explain_unknown(options: list[str]) -> str | None:
     """Why the first unknown `--section.key` option is unknown (e.g. a misspelt model field)."""
     for option in options:
