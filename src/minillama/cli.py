@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "minillama.seq2seq.commands",
     "minillama.export.commands",
     "minillama.model.commands",
+    "minillama.lab.commands",
     "minillama.serve.commands",
 )
 
