@@ -38,6 +38,12 @@ def read_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def quantization_config(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """config.json's `quantization_config` (a directory `minillama quantize` wrote), else None."""
+    path = Path(directory) / "config.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("quantization_config") if path.is_file() else None
+
+
 def tied_weights(model: nn.Module) -> dict[str, str]:
     """Parameters the model holds under two names: {second name: first name}, e.g.
     {"lm_head.weight": "model.embed_tokens.weight"} for a tied LM head."""

@@ -346,6 +346,11 @@ class MiniLlama(nn.Module):
         config = load_config(directory)
         with torch.device("meta"):
             model = cls(config, init=False)
+        quantization = io.quantization_config(directory)
+        if quantization is not None:  # written by `minillama quantize`: some Linears hold integer codes
+            from minillama.quant.linear import make_quantized_skeleton
+
+            make_quantized_skeleton(model, quantization)
         io.load_strictly(model, io.read_state(directory), directory)
         model.model.rotary_emb.reset_inv_freq()  # a buffer, not stored: computed from the config
         return model.to(device=device, dtype=dtype) if dtype else model.to(device)
