@@ -2,9 +2,9 @@
 
 The reference matmul dequantizes the weight and calls `F.linear`: weight-only quantization saves
 memory and file size (int4: ~0.6 byte per weight against 4), and the arithmetic stays float. For
-float32 inputs on CPU, torch's kernels that read the codes directly are used instead
-(`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`); the tests hold them equal to
-the reference and `benchmarks/bench_quant.py` measures both paths.
+float32 decoding steps on CPU (a few rows), torch's kernels that read the codes directly are used
+instead (`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`); the tests hold them
+equal to the reference and `benchmarks/bench_quant.py` measures both paths.
 
 The buffers are the saved format: `qweight`, `scales`, `zeros` (int4 only), `bias` (if any), under
 the Linear's own name (`model.layers.0.self_attn.q_proj.qweight`), so loading stays strict.
@@ -20,6 +20,10 @@ from minillama.quant import rtn
 
 # Linear layers of the decoder quantized by default: every matmul of every block.
 BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# torch's int8 / int4 CPU kernels win only for a few rows (decoding: 1.5-3x faster than dequantizing
+# on a 2-core AVX2 host); for a prompt or a training batch of 512 rows they were 30-70x slower than
+# dequantize + F.linear there (measured with the benchmark's layer shapes), so only decoding uses them.
+KERNEL_MAX_ROWS = 4
 
 
 class QuantLinear(nn.Module):
@@ -91,7 +95,8 @@ class QuantLinear(nn.Module):
         return self.dequantized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        if self.use_kernel and x.dtype == torch.float32 and x.device.type == "cpu":
+        if self.use_kernel and x.dtype == torch.float32 and x.device.type == "cpu" and \
+                x.numel() <= KERNEL_MAX_ROWS * self.in_features:
             y = self._kernel_matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
             return y + self.bias if self.bias is not None else y
         return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
