@@ -114,8 +114,9 @@ def main() -> None:
           f"{'vs f32':>7s}")
     for row in rows:
         median = args.new_tokens / statistics.median(row.seconds)
-        print(f"{row.backend:9s} {row.format:44s} {row.file_bytes / 1e6:8.2f} {row.file_bytes / reference.file_bytes:6.2f}x "
-              f"{median:13.1f} {args.new_tokens / min(row.seconds):11.1f} {median / ref_speed:6.2f}x")
+        size = row.file_bytes / reference.file_bytes
+        print(f"{row.backend:9s} {row.format:44s} {row.file_bytes / 1e6:8.2f} {size:6.2f}x {median:13.1f} "
+              f"{args.new_tokens / min(row.seconds):11.1f} {median / ref_speed:6.2f}x")
 
 
 if __name__ == "__main__":
