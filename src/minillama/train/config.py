@@ -138,6 +138,10 @@ class RunSection:
     resume: str = _f("auto", "auto: continue from OUT's latest checkpoint; never; or a checkpoint path")
     init_from: str | None = _f(None, "start from this model's weights (continued pretraining: its shape and "
                                      "tokenizer are used; the step count starts at 0)")
+    qat: str | None = _f(None, "quantization-aware training: the forward pass uses the weights rounded to "
+                               "int8 or int4 (straight-through gradients); then `minillama quantize` the result",
+                         choices=(None, "int8", "int4"))
+    qat_group_size: int = _f(32, "run.qat int4: input features per scale and zero point (32, 64 or 128)")
     on_nonfinite: str = _f("stop", "a NaN/inf loss or gradient: stop, or skip the batch",
                            choices=("stop", "skip"))
     max_skips: int = _f(5, "with on_nonfinite=skip: stop after this many skipped batches")

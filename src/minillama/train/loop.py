@@ -150,6 +150,10 @@ class Trainer:
             self._let_go()
             raise
         self.saved_step = self.step  # a resumed step is already saved
+        if config.run.qat:  # the same Parameters behind a rounding forward: state dict unchanged
+            from minillama.quant.fake import apply_fake_quant
+
+            apply_fake_quant(model, config.run.qat, config.run.qat_group_size)
         self.wrapped = dist.wrap(model, config.run.parallel, compile=config.run.compile)
         self.optimizers = build_optimizers(model, config.optim, self.device.type,
                                            zero_redundancy=dist.parallel == "zero1")
