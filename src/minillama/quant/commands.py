@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "train.bin (default: %(default)s)")
     parser.add_argument("--calibration-sequences", type=positive_int, default=256, metavar="N",
                         help="gptq-int4: windows of calibration text (default: %(default)s)")
-    parser.add_argument("--calibration-len", type=positive_int, default=256, metavar="T",
-                        help="gptq-int4: tokens per window, at most the model's context (default: %(default)s)")
+    parser.add_argument("--calibration-len", type=positive_int, default=None, metavar="T",
+                        help="gptq-int4: tokens per window, at most the model's context (default: 256 or the "
+                             "context if shorter)")
     parser.add_argument("--damp", type=float, default=0.01,
                         help="gptq-int4: Hessian dampening, a fraction of its mean diagonal (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="calibration sample seed (default: %(default)s)")
@@ -92,7 +93,7 @@ def _calibration(args: argparse.Namespace, model, tokenizer_dir):
     from minillama.errors import MiniLlamaError
     from minillama.quant.calibration import calibration_tokens, calibration_windows
 
-    seq_len = args.calibration_len
+    seq_len = args.calibration_len or min(256, model.config.max_position_embeddings)
     if seq_len > model.config.max_position_embeddings:
         raise MiniLlamaError(f"--calibration-len {seq_len} is longer than the model's context "
                              f"({model.config.max_position_embeddings})")
