@@ -93,10 +93,12 @@ def test_gptq_with_uncorrelated_inputs_is_round_to_nearest():
         assert torch.equal(a, b)
 
 
-def test_quantized_directory_loads_with_same_logits_and_checksums(tmp_path):
-    model = random_model(SHAPE, seed=4)
-    quantization = quantize_model(model, "int4", group_size=32)
-    assert quantization["modules"][0] == "model.layers.0.self_attn.q_proj" and len(quantization["modules"]) == 14
+@pytest.mark.parametrize("head", [False, True])
+def test_quantized_directory_loads_with_same_logits_and_checksums(tmp_path, head):
+    model = random_model(SHAPE, seed=4)  # a tied head: with --head it is untied, the embedding stays float
+    quantization = quantize_model(model, "int4", group_size=32, head=head)
+    assert quantization["modules"][0] == "model.layers.0.self_attn.q_proj"
+    assert len(quantization["modules"]) == 14 + head
     save_quantized(model, quantization, tmp_path / "q")
     assert verify_manifest(tmp_path / "q", required=True)
     assert json.loads((tmp_path / "q/config.json").read_text())["quantization_config"]["bits"] == 4
