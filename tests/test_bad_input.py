@@ -317,6 +317,10 @@ CASES = {
     "quantize an already quantized model": (
         ["quantize", "--checkpoint", "int8", "--method", "int4", "--out", "q"],
         ["the model is already quantized"], None),
+    "export a quantized model": (["export", "--checkpoint", "int8", "--out", "e"], ["the model is quantized"], None),
+    "sample a quantized model with the NumPy engine": (
+        ["sample", "--checkpoint", "int8", "--engine", "numpy", "--prompt", "Once", "--max-new-tokens", "2"],
+        ["is a quantized model", "--engine torch"], None),
     "quantize over a run directory": (
         ["quantize", "--checkpoint", "hf", "--method", "int8", "--out", "run"],
         ["run holds files that are not a model directory", "--overwrite"], None),
