@@ -321,6 +321,8 @@ CASES = {
     "sample a quantized model with the NumPy engine": (
         ["sample", "--checkpoint", "int8", "--engine", "numpy", "--prompt", "Once", "--max-new-tokens", "2"],
         ["is a quantized model", "--engine torch"], None),
+    "train from a quantized model": (["train", "--run.init_from", "int8", "--run.out_dir", "r", "--data.seq_len", "64"],
+                                     ["is a quantized model", "--run.qat int4"], "r"),
     "quantize over a run directory": (
         ["quantize", "--checkpoint", "hf", "--method", "int8", "--out", "run"],
         ["run holds files that are not a model directory", "--overwrite"], None),
