@@ -47,6 +47,7 @@ def sandbox(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     assert main(["export", "--checkpoint", str(root / "run"), "--out", str(root / "hf")]) == 0
+    assert main(["quantize", "--checkpoint", str(root / "hf"), "--method", "int8", "--out", str(root / "int8")]) == 0
     (root / "other_tokenizer").mkdir()
     assert main(["tokenizer", "train", "--input", str(root / "corpus/stories.txt"), "--vocab-size", "280",
                  "--out", str(root / "other_tokenizer"), "--workers", "1"]) == 0
@@ -307,6 +308,24 @@ CASES = {
     "model resize-vocab to a tokenizer with other ids": (
         ["model", "resize-vocab", "--checkpoint", "run", "--tokenizer", "s2s_tokenizer", "--out", "resized"],
         ["does not extend the model's tokenizer"], None),
+    "quantize with an unknown method": (
+        ["quantize", "--checkpoint", "hf", "--method", "int3", "--out", "q"],
+        ["unknown quantization method 'int3'", "int8, int4, gptq-int4"], None),
+    "quantize with a group size that does not divide the input features": (
+        ["quantize", "--checkpoint", "hf", "--method", "int4", "--group-size", "32", "--out", "q"],
+        ["group size 32 does not divide the 176 input features of model.layers.0.mlp.down_proj"], None),
+    "quantize an already quantized model": (
+        ["quantize", "--checkpoint", "int8", "--method", "int4", "--out", "q"],
+        ["the model is already quantized"], None),
+    "export a quantized model": (["export", "--checkpoint", "int8", "--out", "e"], ["the model is quantized"], None),
+    "sample a quantized model with the NumPy engine": (
+        ["sample", "--checkpoint", "int8", "--engine", "numpy", "--prompt", "Once", "--max-new-tokens", "2"],
+        ["is a quantized model", "--engine torch"], None),
+    "train from a quantized model": (["train", "--run.init_from", "int8", "--run.out_dir", "r", "--data.seq_len", "64"],
+                                     ["is a quantized model", "--run.qat int4"], "r"),
+    "quantize over a run directory": (
+        ["quantize", "--checkpoint", "hf", "--method", "int8", "--out", "run"],
+        ["run holds files that are not a model directory", "--overwrite"], None),
 }
 
 
