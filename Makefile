@@ -13,6 +13,10 @@ STAMP := $(VENV)/.minillama-installed
 FLOOR_PYTHON ?= python3.10
 FLOOR_TORCH ?= torch==2.9.1
 
+# llama-cpp-python (dev extra; checks the GGUF export) comes as source: pip compiles llama.cpp once
+# and caches the wheel. Only the library is built (no multimodal mtmd), for this machine's CPU.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON
+
 .PHONY: demo test test-floor lint venv clean
 
 venv: $(STAMP)
@@ -20,7 +24,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,11 +32,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	sh tests/setup_browser.sh
-	$(BIN)/python -m pytest -q $(ARGS)
+	MINILLAMA_REQUIRE_LLAMA_CPP=1 $(BIN)/python -m pytest -q $(ARGS)
 
 test-floor:
 	test -x .venv-floor/bin/python || $(FLOOR_PYTHON) -m venv .venv-floor
-	.venv-floor/bin/python -m pip install --quiet "$(FLOOR_TORCH)" -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" .venv-floor/bin/python -m pip install --quiet "$(FLOOR_TORCH)" -e ".[dev]"
 	sh tests/setup_browser.sh
 	.venv-floor/bin/python -m pytest -q $(ARGS)
 
