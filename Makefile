@@ -14,8 +14,11 @@ FLOOR_PYTHON ?= python3.10
 FLOOR_TORCH ?= torch==2.9.1
 
 # llama-cpp-python (dev extra; checks the GGUF export) comes as source: pip compiles llama.cpp once
-# and caches the wheel. Only the library is built (no multimodal mtmd), for this machine's CPU.
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON
+# (about 15 CPU-minutes) and caches the wheel, so later installs take seconds. Only the library is
+# built (no multimodal mtmd), for any AVX2 CPU: a native build on a CPU with AMX (Sapphire Rapids
+# and later) uses llama.cpp's AMX kernels, which crash on q8_0 / q4_0 files (llama.cpp issue 20824).
+# pip keys its cache by version, not by these flags: after changing them, pip cache remove llama_cpp_python.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
 .PHONY: demo test test-floor lint venv clean
 

@@ -77,8 +77,11 @@ def gguf_files(model_dirs, tmp_path_factory):
 
 
 def _load_llama(path, **kwargs):
+    """llama.cpp on one thread, keeping every position's logits; its KV cache in float32 (its
+    default, float16, would round keys and values: that is not what these tests measure)."""
     return llama_cpp.Llama(model_path=str(path), n_ctx=128, n_batch=128, n_threads=1, n_threads_batch=1,
-                           logits_all=True, verbose=False, **kwargs)
+                           logits_all=True, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
+                           verbose=False, **kwargs)
 
 
 def _llama_cpp_logits(llm, ids: list[int]) -> np.ndarray:

@@ -69,6 +69,9 @@ def check_exportable(config: ModelConfig) -> None:
     if rope_type not in (None, "linear", "llama3"):
         raise MiniLlamaError(f"RoPE scaling {rope_type!r} is not exported to GGUF (llama.cpp computes it "
                              "differently); export the model without rope_scaling, or with linear / llama3")
+    if rope_type == "llama3" and config.attention_bias:
+        raise MiniLlamaError("llama3 RoPE scaling with q/k/v biases cannot be exported to GGUF: llama.cpp's qwen2 "
+                             "graph reads no rope_freqs tensor")
 
 
 def rope_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
