@@ -17,3 +17,12 @@ def test_unscaled_attention_saturates_and_sqrt_dk_scaling_does_not():
     assert max(scaled["entropy"]) - min(scaled["entropy"]) < 0.02  # constant in d_k
     assert max(scaled["grad"]) < 1.1 * min(scaled["grad"])
     assert over["entropy"] == sorted(over["entropy"]) and over["entropy"][-1] > 0.99  # towards uniform
+
+
+def test_additive_scores_learn_about_as_well_but_materialise_a_head_dim_times_larger_tensor():
+    f = facts("attention-additive")
+    dot, additive = f["dot"], f["additive"]
+    assert f["memory_ratio"] == 16  # the (T, T, D) tanh intermediate vs the (T, T) scores, D = 16
+    assert additive["score_flops"] == 2 * dot["score_flops"]
+    assert dot["val_loss"] < 2.7 and additive["val_loss"] < 2.7  # both learned (uniform is 5.5)
+    assert abs(additive["val_loss"] - dot["val_loss"]) < 0.1
