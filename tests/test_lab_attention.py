@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from minillama.lab import find_experiment, run_experiment
 
 
@@ -26,3 +28,40 @@ def test_additive_scores_learn_about_as_well_but_materialise_a_head_dim_times_la
     assert additive["score_flops"] == 2 * dot["score_flops"]
     assert dot["val_loss"] < 2.7 and additive["val_loss"] < 2.7  # both learned (uniform is 5.5)
     assert abs(additive["val_loss"] - dot["val_loss"]) < 0.1
+
+
+def test_dropout_is_random_in_train_mode_off_in_eval_mode_mean_preserving_and_curbs_overfitting():
+    f = facts("attention-dropout")
+    assert f["none"]["train_mode_diff"] == 0 and f["both"]["train_mode_diff"] > 0.1
+    assert f["none"]["eval_mode_diff"] == 0 and f["both"]["eval_mode_diff"] == 0
+    assert abs(f["inverted_mean"] - 1) < 0.01 and abs(f["unscaled_mean"] - (1 - f["p"])) < 0.01
+    none, both = f["none"], f["both"]
+    assert none["val_loss"] - none["train_loss"] > 0.5  # a few KB of text: the model overfits
+    assert both["val_loss"] - both["train_loss"] < none["val_loss"] - none["train_loss"]
+    assert both["val_loss"] < none["val_loss"]
+
+
+def test_a_key_bias_is_redundant_without_rope_but_query_and_value_biases_are_not():
+    f = facts("attention-bias")
+    assert f["no_rope"]["k"] < 1e-5  # float32 rounding of the softmax
+    assert f["no_rope"]["q"] > 1e-2 and f["no_rope"]["v"] > 1e-2
+    assert f["rope"]["k"] > 1e-2  # RoPE rotates the key bias by each key's position
+    assert f["val_loss_zeros"] < 2.8 and f["val_loss_random"] < 2.8
+
+
+def test_attention_memory_and_flops_grow_quadratically_and_flash_memory_linearly():
+    f = facts("attention-cost")
+    assert f["flops_exponent"] == pytest.approx(2.0)
+    assert f["eager"]["memory_exponent"] == pytest.approx(2.0, abs=0.05)  # the (T, T) scores
+    assert f["flash (tiled)"]["memory_exponent"] == pytest.approx(1.0, abs=0.05)  # tiles: linear
+    assert f["eager"]["seconds"][-1] > f["eager"]["seconds"][0]
+
+
+def test_shared_qkv_makes_scores_symmetric_and_tokens_attend_to_themselves():
+    f = facts("attention-shared-qkv")
+    shared, separate = f["shared"], f["separate"]
+    assert shared["init"]["asymmetry"] < 1e-5 and shared["trained"]["asymmetry"] < 1e-5
+    assert separate["init"]["asymmetry"] > 0.5
+    assert shared["init"]["argmax_self"] > separate["init"]["argmax_self"] + 0.3
+    assert shared["trained"]["argmax_self"] > separate["trained"]["argmax_self"] + 0.2
+    assert shared["val_loss"] > separate["val_loss"]

@@ -466,11 +466,12 @@ def attention_cost(out: Path | None, quick: bool) -> LabResult:
             row += [seconds * 1000, largest.bytes / 2 ** 20]
         facts["flops"].append(4 * H * T * T * D)
         rows.append(row + [facts["flops"][-1] / 1e6])
-    # exponents over the longer half of the lengths, where the T^2 terms dominate fixed costs
+    # exponents over the longer half of the lengths, where the T^2 terms dominate fixed costs (and
+    # the (64 x 64) tiles are no longer the largest tensor)
     half = len(lengths) // 2
     for name in ways:
         facts[name]["time_exponent"] = _fit_exponent(lengths[half:], facts[name]["seconds"][half:])
-        facts[name]["memory_exponent"] = _fit_exponent(lengths, facts[name]["bytes"])
+        facts[name]["memory_exponent"] = _fit_exponent(lengths[half:], facts[name]["bytes"][half:])
     facts["flops_exponent"] = _fit_exponent(lengths, facts["flops"])
     facts["lengths"] = list(lengths)
     figure = _plot_cost(out, lengths, facts, ways) if out else None
@@ -481,7 +482,8 @@ def attention_cost(out: Path | None, quick: bool) -> LabResult:
         conclusion=f"Attention's work is quadratic: FLOPs grow as T^{facts['flops_exponent']:.1f} and the eager "
                    f"time as T^{eager['time_exponent']:.1f} (SDPA T^{facts['sdpa']['time_exponent']:.1f}); eager "
                    f"attention's largest tensor, the (T, T) scores, grows as T^{eager['memory_exponent']:.1f}, while "
-                   f"FlashAttention's tiles keep memory linear (T^{flash['memory_exponent']:.1f}) but not time.")
+                   f"FlashAttention's tiles keep memory linear (T^{flash['memory_exponent']:.1f}) but not time "
+                   f"(T^{flash['time_exponent']:.1f}): it still computes every score.")
 
 
 def _plot_cost(out: Path, lengths, facts, ways) -> Path | None:
@@ -560,65 +562,6 @@ def shared_qkv(out: Path | None, quick: bool) -> LabResult:
                    f"express; the loss after the same steps is "
                    f"{'worse' if sh['val_loss'] > sep['val_loss'] else 'not worse'} "
                    f"({sh['val_loss']:.3f} vs {sep['val_loss']:.3f}).")
-
-
-# ---- MHA, GQA, MQA -----------------------------------------------------------------------------
-@torch.no_grad()
-def _decode_speed(model: nn.Module, batch: int, context: int, new: int, rounds: int = 2) -> tuple[float, int]:
-    """Greedy decoding with the model's KV cache (`generate.prefill` / `decode_one_token`): `batch` rows
-    of `context` prompt tokens, then `new` tokens. Returns (decode tokens per second, best of `rounds`,
-    cache bytes per token)."""
-    from minillama.generate import decode_one_token, new_cache, prefill
-
-    model.eval()
-    prompt = torch.randint(0, 256, (batch, context), generator=torch.Generator().manual_seed(5))
-    best = float("inf")
-    for _ in range(rounds):
-        cache = new_cache(model, batch, context + new)
-        token = prefill(model, prompt, cache).argmax(-1, keepdim=True)  # (B, 1)
-        start = time.perf_counter()
-        for step in range(new):
-            position = torch.full((batch, 1), context + step)
-            token = decode_one_token(model, token, position, cache).argmax(-1, keepdim=True)
-        best = min(best, time.perf_counter() - start)
-    cache_bytes = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
-    return batch * new / best, cache_bytes // (batch * cache.max_seq_len)
-
-
-def kv_heads(out: Path | None, quick: bool) -> LabResult:
-    """MiniLlama with 8 query heads and 8 (MHA), 2 (GQA) or 1 (MQA) key/value heads
-    (`num_key_value_heads`), trained for the same steps on bytes: validation loss, KV-cache bytes per
-    token (read off the real `KVCache`), and greedy decoding speed with that cache, measured in turns."""
-    steps, batch, seq, hidden = (100, 8, 32, 64) if quick else (300, 8, 64, 64)
-    decode_batch, context, new = (16, 96, 16) if quick else (64, 192, 32)
-    seed = torch.initial_seed()
-    kinds = {"MHA": 8, "GQA": 2, "MQA": 1}
-    rows, facts, curves, models = [], {}, {}, {}
-    for name, kv in kinds.items():
-        torch.manual_seed(seed)
-        models[name] = model = _byte_llama(hidden, context + new, num_attention_heads=8, num_key_value_heads=kv)
-        curves[f"{name} ({kv} kv heads)"], val = _train_and_eval(model, llama_loss, steps, batch, seq, seed)
-        facts[name] = {"kv_heads": kv, "val_loss": val, "parameters": sum(p.numel() for p in model.parameters()),
-                       "tokens_per_second": 0.0}
-    for _ in range(2):  # in turns, so that load from other processes falls on all of them alike
-        for name, model in models.items():
-            speed, facts[name]["cache_bytes_per_token"] = _decode_speed(model, decode_batch, context, new, rounds=1)
-            facts[name]["tokens_per_second"] = max(facts[name]["tokens_per_second"], speed)
-    for name, f in facts.items():
-        rows.append([name, f["kv_heads"], f["parameters"], f["val_loss"], f["cache_bytes_per_token"],
-                     f["tokens_per_second"]])
-    mha, mqa, gqa = facts["MHA"], facts["MQA"], facts["GQA"]
-    title = "8 query heads, 8 / 2 / 1 key-value heads"
-    figure = _plot_curves(out, "attention-kv-heads", curves, title) if out else None
-    return LabResult(
-        ["attention", "kv heads", "parameters", "val loss", "KV cache bytes / token", "decode tokens / s"], rows,
-        figure=figure, facts=facts,
-        conclusion=f"The KV cache shrinks with the key/value heads ({mha['cache_bytes_per_token']} -> "
-                   f"{gqa['cache_bytes_per_token']} -> {mqa['cache_bytes_per_token']} bytes per token for MHA -> GQA "
-                   f"-> MQA) and decoding {decode_batch} rows at {context} tokens of context runs "
-                   f"{gqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x / "
-                   f"{mqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x as fast, while the loss after the "
-                   f"same steps moves little ({mha['val_loss']:.3f} / {gqa['val_loss']:.3f} / {mqa['val_loss']:.3f}).")
 
 
 # ---- depth on the sentiment task ----------------------------------------------------------------
@@ -712,6 +655,64 @@ def sentiment_depth(out: Path | None, quick: bool) -> LabResult:
                    "Sentiment from words without positions needs little more than which words "
                    "occur, so depth buys cost, not accuracy.")
 
+
+# ---- MHA, GQA, MQA -----------------------------------------------------------------------------
+@torch.no_grad()
+def _decode_speed(model: nn.Module, batch: int, context: int, new: int, rounds: int = 2) -> tuple[float, int]:
+    """Greedy decoding with the model's KV cache (`generate.prefill` / `decode_one_token`): `batch` rows
+    of `context` prompt tokens, then `new` tokens. Returns (decode tokens per second, best of `rounds`,
+    cache bytes per token)."""
+    from minillama.generate import decode_one_token, new_cache, prefill
+
+    model.eval()
+    prompt = torch.randint(0, 256, (batch, context), generator=torch.Generator().manual_seed(5))
+    best = float("inf")
+    for _ in range(rounds):
+        cache = new_cache(model, batch, context + new)
+        token = prefill(model, prompt, cache).argmax(-1, keepdim=True)  # (B, 1)
+        start = time.perf_counter()
+        for step in range(new):
+            position = torch.full((batch, 1), context + step)
+            token = decode_one_token(model, token, position, cache).argmax(-1, keepdim=True)
+        best = min(best, time.perf_counter() - start)
+    cache_bytes = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
+    return batch * new / best, cache_bytes // (batch * cache.max_seq_len)
+
+
+def kv_heads(out: Path | None, quick: bool) -> LabResult:
+    """MiniLlama with 8 query heads and 8 (MHA), 2 (GQA) or 1 (MQA) key/value heads
+    (`num_key_value_heads`), trained for the same steps on bytes: validation loss, KV-cache bytes per
+    token (read off the real `KVCache`), and greedy decoding speed with that cache, measured in turns."""
+    steps, batch, seq, hidden = (100, 8, 32, 64) if quick else (300, 8, 64, 64)
+    decode_batch, context, new = (16, 96, 16) if quick else (64, 192, 32)
+    seed = torch.initial_seed()
+    kinds = {"MHA": 8, "GQA": 2, "MQA": 1}
+    rows, facts, curves, models = [], {}, {}, {}
+    for name, kv in kinds.items():
+        torch.manual_seed(seed)
+        models[name] = model = _byte_llama(hidden, context + new, num_attention_heads=8, num_key_value_heads=kv)
+        curves[f"{name} ({kv} kv heads)"], val = _train_and_eval(model, llama_loss, steps, batch, seq, seed)
+        facts[name] = {"kv_heads": kv, "val_loss": val, "parameters": sum(p.numel() for p in model.parameters()),
+                       "tokens_per_second": 0.0}
+    for _ in range(2):  # in turns, so that load from other processes falls on all of them alike
+        for name, model in models.items():
+            speed, facts[name]["cache_bytes_per_token"] = _decode_speed(model, decode_batch, context, new, rounds=1)
+            facts[name]["tokens_per_second"] = max(facts[name]["tokens_per_second"], speed)
+    for name, f in facts.items():
+        rows.append([name, f["kv_heads"], f["parameters"], f["val_loss"], f["cache_bytes_per_token"],
+                     f["tokens_per_second"]])
+    mha, mqa, gqa = facts["MHA"], facts["MQA"], facts["GQA"]
+    title = "8 query heads, 8 / 2 / 1 key-value heads"
+    figure = _plot_curves(out, "attention-kv-heads", curves, title) if out else None
+    return LabResult(
+        ["attention", "kv heads", "parameters", "val loss", "KV cache bytes / token", "decode tokens / s"], rows,
+        figure=figure, facts=facts,
+        conclusion=f"The KV cache shrinks with the key/value heads ({mha['cache_bytes_per_token']} -> "
+                   f"{gqa['cache_bytes_per_token']} -> {mqa['cache_bytes_per_token']} bytes per token for MHA -> GQA "
+                   f"-> MQA) and decoding {decode_batch} rows at {context} tokens of context runs "
+                   f"{gqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x / "
+                   f"{mqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x as fast, while the loss after the "
+                   f"same steps moves little ({mha['val_loss']:.3f} / {gqa['val_loss']:.3f} / {mqa['val_loss']:.3f}).")
 
 EXPERIMENTS = (
     Experiment("attention-scaling", "attention",
