@@ -65,3 +65,25 @@ def test_shared_qkv_makes_scores_symmetric_and_tokens_attend_to_themselves():
     assert shared["init"]["argmax_self"] > separate["init"]["argmax_self"] + 0.3
     assert shared["trained"]["argmax_self"] > separate["trained"]["argmax_self"] + 0.2
     assert shared["val_loss"] > separate["val_loss"]
+
+
+def test_more_heads_are_not_always_better_at_a_fixed_hidden_size():
+    f = facts("attention-heads")
+    loss = dict(zip(f["heads"], f["val_loss"]))
+    assert loss[4] < loss[1] and loss[4] < loss[16]  # a sweet spot between one wide and many narrow heads
+
+
+def test_fewer_key_value_heads_shrink_the_cache_in_proportion_at_little_loss():
+    f = facts("attention-kv-heads")
+    mha, gqa, mqa = f["MHA"], f["GQA"], f["MQA"]
+    # 2 layers x (keys + values) x kv heads x head_dim 8 x 4 bytes
+    assert [x["cache_bytes_per_token"] for x in (mha, gqa, mqa)] == [1024, 256, 128]
+    losses = [x["val_loss"] for x in (mha, gqa, mqa)]
+    assert max(losses) < 2.5 and max(losses) - min(losses) < 0.15
+
+
+def test_stacking_attention_layers_does_not_beat_one_on_sentiment():
+    f = facts("attention-depth")
+    one, four = f["1 layer"]["dev_accuracy"], f["4 layers"]["dev_accuracy"]
+    assert one > 0.58  # learned: the majority class is 0.51
+    assert four < one + 0.03
