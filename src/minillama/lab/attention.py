@@ -394,10 +394,12 @@ def qkv_bias(out: Path | None, quick: bool) -> LabResult:
         conclusion=f"Without positions in q·k a key bias changes nothing (max |Δ| {facts['no_rope']['k']:.0e}, float32 "
                    f"rounding: softmax ignores the constant q·b_k added to a whole row), while q and v biases do "
                    f"(|Δ| {facts['no_rope']['q']:.2f}, {facts['no_rope']['v']:.2f}); with RoPE the key bias is rotated "
-                   f"by each key's position and does matter (|Δ| {facts['rope']['k']:.2f}). For training, zero and "
-                   f"random (std 0.5) biases end {'close' if abs(random - zeros) < 0.05 else 'apart'} after the same "
-                   f"steps ({zeros:.3f} vs {random:.3f}): zero is the convention because it starts the model as if "
-                   "it had no biases, not because random ones fail.")
+                   f"by each key's position and does matter (|Δ| {facts['rope']['k']:.2f}). For training, "
+                   + (f"random biases (std 0.5) start the model off-centre and are still behind after the same steps "
+                      f"({random:.3f} vs {zeros:.3f} from zero): start them at zero, as the model does."
+                      if random > zeros + 0.03 else
+                      f"zero and random (std 0.5) biases end close after the same steps ({zeros:.3f} vs {random:.3f}): "
+                      "zero is the convention because it starts the model as if it had no biases."))
 
 
 # ---- attention's cost ------------------------------------------------------------------------
@@ -488,8 +490,8 @@ def attention_cost(out: Path | None, quick: bool) -> LabResult:
         conclusion=f"Attention's work is quadratic: FLOPs grow as T^{facts['flops_exponent']:.1f} and the eager "
                    f"time as T^{eager['time_exponent']:.1f} (SDPA T^{facts['sdpa']['time_exponent']:.1f}); eager "
                    f"attention's largest tensor, the (T, T) scores, grows as T^{eager['memory_exponent']:.1f}, while "
-                   f"FlashAttention's tiles keep memory linear (T^{flash['memory_exponent']:.1f}) but not time "
-                   f"(T^{flash['time_exponent']:.1f}): it still computes every score.")
+                   f"FlashAttention's tiles keep memory linear (T^{flash['memory_exponent']:.1f}) but not the work: it "
+                   f"still computes every score (its time here grows as T^{flash['time_exponent']:.1f}).")
 
 
 def _plot_cost(out: Path, lengths, facts, ways) -> Path | None:
@@ -704,21 +706,35 @@ def kv_heads(out: Path | None, quick: bool) -> LabResult:
         for name, model in models.items():
             speed, facts[name]["cache_bytes_per_token"] = _decode_speed(model, decode_batch, context, new, rounds=1)
             facts[name]["tokens_per_second"] = max(facts[name]["tokens_per_second"], speed)
+    from minillama.model.llama import eager_attention
+
     for name, f in facts.items():
+        # what one decoding step's attention (the model's one-token path) creates, at the decoding shapes
+        q = torch.randn(decode_batch, 8, 1, hidden // 8)
+        k = v = torch.randn(decode_batch, f["kv_heads"], context, hidden // 8)
+        with _LargestTensor() as largest:
+            eager_attention(q, k, v, None, False)
+        f["decode_largest_bytes"] = largest.bytes
         rows.append([name, f["kv_heads"], f["parameters"], f["val_loss"], f["cache_bytes_per_token"],
-                     f["tokens_per_second"]])
+                     f["tokens_per_second"], largest.bytes / 2 ** 10])
     mha, mqa, gqa = facts["MHA"], facts["MQA"], facts["GQA"]
     title = "8 query heads, 8 / 2 / 1 key-value heads"
     figure = _plot_curves(out, "attention-kv-heads", curves, title) if out else None
     return LabResult(
-        ["attention", "kv heads", "parameters", "val loss", "KV cache bytes / token", "decode tokens / s"], rows,
-        figure=figure, facts=facts,
+        ["attention", "kv heads", "parameters", "val loss", "KV cache bytes / token", "decode tokens / s",
+         "largest tensor of a decode step's attention (KiB)"], rows, figure=figure, facts=facts,
         conclusion=f"The KV cache shrinks with the key/value heads ({mha['cache_bytes_per_token']} -> "
                    f"{gqa['cache_bytes_per_token']} -> {mqa['cache_bytes_per_token']} bytes per token for MHA -> GQA "
-                   f"-> MQA) and decoding {decode_batch} rows at {context} tokens of context runs "
-                   f"{gqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x / "
-                   f"{mqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x as fast, while the loss after the "
-                   f"same steps moves little ({mha['val_loss']:.3f} / {gqa['val_loss']:.3f} / {mqa['val_loss']:.3f}).")
+                   f"-> MQA) while the loss after the same steps moves little ({mha['val_loss']:.3f} / "
+                   f"{gqa['val_loss']:.3f} / {mqa['val_loss']:.3f}); decoding {decode_batch} rows at {context} tokens "
+                   f"of context runs {gqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x / "
+                   f"{mqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x as fast"
+                   + (" - no faster, because the one-token attention step broadcasts the shared keys over their "
+                      "group and torch.matmul copies them: its largest tensor is as big for MQA as for MHA "
+                      f"({mqa['decode_largest_bytes'] // 1024} vs {mha['decode_largest_bytes'] // 1024} KiB), so the "
+                      "smaller cache saves memory but not memory traffic."
+                      if mqa["decode_largest_bytes"] >= mha["decode_largest_bytes"] else "."))
+
 
 EXPERIMENTS = (
     Experiment("attention-scaling", "attention",
