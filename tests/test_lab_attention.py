@@ -47,6 +47,7 @@ def test_a_key_bias_is_redundant_without_rope_but_query_and_value_biases_are_not
     assert f["no_rope"]["q"] > 1e-2 and f["no_rope"]["v"] > 1e-2
     assert f["rope"]["k"] > 1e-2  # RoPE rotates the key bias by each key's position
     assert f["val_loss_zeros"] < 2.8 and f["val_loss_random"] < 2.8
+    assert f["val_loss_random"] > f["val_loss_zeros"]  # random (std 0.5) still behind (seeds 0-3: by 0.06-0.11)
 
 
 def test_attention_memory_and_flops_grow_quadratically_and_flash_memory_linearly():
