@@ -289,7 +289,7 @@ def dropout_placement(out: Path | None, quick: bool) -> LabResult:
     """A small byte-level LM on a tiny training set (so it overfits), with no dropout, dropout on the
     attention weights, on the residual branches, or both: training and validation loss; and two
     forward passes of each in train mode (different: a new mask each time) and in eval mode (equal).
-    Inverted dropout divides the kept values by 1 - p so that E[train-mode output] = eval output."""
+    Inverted dropout divides the kept values by 1 - p so that E[dropout(x)] = x, what eval mode passes."""
     steps, batch, seq, dim, size = (200, 8, 32, 48, 2_000) if quick else (400, 16, 32, 64, 4_000)
     p = 0.2
     data = story_bytes("train", size)  # a few KB: the model can overfit it
@@ -353,7 +353,7 @@ def _biased_attention(x: torch.Tensor, weights: torch.Tensor, biases: torch.Tens
 
 def qkv_bias(out: Path | None, quick: bool) -> LabResult:
     """Part 1, exact: add a random bias to q, k or v alone and compare the attention output with the
-    bias-free one (float64). A key bias adds q_t·b_k to every score of query t, the same for every key,
+    bias-free one (float64 inputs). A key bias adds q_t·b_k to every score of query t, the same for every key,
     and softmax ignores a constant per row: without RoPE it changes nothing. With RoPE the bias is
     rotated by each key's position, so it is no longer constant. A value bias adds b_v to the output
     (the weights sum to 1). Part 2: MiniLlama with q/k/v biases (`attention_bias`), trained from the
