@@ -1,7 +1,809 @@
-"""Architecture questions: tokenizers, special tokens, decoder-only, norms, residuals, FFN, positions."""
+"""Architecture questions: tokenizers, special tokens, decoder-only, norms, residuals, FFN, positions.
+
+Where a question is about this project's code, the experiment uses it: `MiniLlama` and `ModelConfig`,
+its `RMSNorm` and rotary code, the BPE trainer, the seq2seq and BERT families. Where a question needs
+a variant the model does not offer (LayerNorm, no residual, learned absolute positions, BatchNorm),
+the variant is built here by replacing modules of a `MiniLlama` instance: the model file stays the
+architecture diagram of one model, not a switchboard of ablations.
+"""
 
 from __future__ import annotations
 
-from minillama.lab.registry import Experiment
+import math
+from pathlib import Path
 
-EXPERIMENTS: tuple[Experiment, ...] = ()
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minillama.lab.common import fit, mean_loss, random_windows, story_bytes
+from minillama.lab.registry import Experiment, LabResult
+
+
+# ---- shared pieces ---------------------------------------------------------------------------------
+def _byte_config(**overrides):
+    """A small byte-level MiniLlama shape: trains a few hundred steps in seconds on one core."""
+    from minillama.model import ModelConfig
+
+    shape = dict(vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=256)
+    return ModelConfig(**{**shape, **overrides})
+
+
+def _lm_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
+    """Next-token cross-entropy of a MiniLlama on (inputs, targets), both (B, T)."""
+    inputs, targets = batch
+    return model(inputs, targets=targets).loss
+
+
+def _story_text(split: str, limit: int) -> bytes:
+    """The shipped stories as UTF-8 bytes, at most `limit`, cut at a whole character."""
+    data = story_bytes(split, limit).to(torch.uint8).numpy().tobytes()
+    return data.decode("utf-8", "ignore").encode("utf-8")
+
+
+def _windows(data: torch.Tensor, batch: int, seq: int, seed: int):
+    return random_windows(data, batch, seq, torch.Generator().manual_seed(seed))
+
+
+def _figure(out: Path | None, name: str, draw) -> Path | None:
+    """Draw with `draw(plt)` -> fig and save it as out/NAME.png (None without out or matplotlib)."""
+    if out is None:
+        return None
+    from minillama.train.metrics import pyplot, save_figure
+
+    plt = pyplot()
+    if plt is None:
+        return None
+    return save_figure(draw(plt), out / f"{name}.png")
+
+
+# ---- 1. tokenizer vocabulary size ------------------------------------------------------------------
+def tokenizer_vocab(out: Path | None, quick: bool) -> LabResult:
+    """Byte-level BPE from the project's trainer at several vocabulary sizes: bytes per token on held-out
+    stories and the share of the vocabulary those stories use.
+
+    BPE is greedy: the first k merges of a 4096-token run are exactly the merges a run asked for
+    256 + 1 + k tokens makes (each merge depends only on the ones before it). So the trainer runs once,
+    at the largest size, and the smaller tokenizers are its prefixes (the test checks this)."""
+    from minillama.tokenizer.tokenizer import Tokenizer
+    from minillama.tokenizer.train import train_bpe
+
+    sizes = (257, 320, 512, 1024, 2048, 4096)
+    specials = ["<|endoftext|>"]
+    train_text = _story_text("train", 1_000_000 if quick else 5_000_000)
+    held_out = _story_text("val", 273_498).decode("utf-8")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.txt"
+        path.write_bytes(train_text)
+        vocab, merges = train_bpe(path, max(sizes), specials, workers=1)
+        if quick:  # the prefix shortcut is exactly what a smaller run trains
+            small = train_bpe(path, 600, specials, workers=1)[1]
+    held_bytes = len(held_out.encode("utf-8"))
+    hidden = 288  # the stories15M width: what the embedding of each vocabulary costs
+    rows, facts = [], {"sizes": list(sizes), "bytes_per_token": [], "used": [], "used_10": []}
+    if quick:
+        facts["prefix_equals_smaller_run"] = small == merges[:len(small)]
+    for size in sizes:
+        tokenizer = _bpe_prefix(vocab, merges, size, specials, Tokenizer)
+        ids = torch.tensor(tokenizer.encode(held_out))
+        counts = torch.bincount(ids, minlength=size)
+        bytes_per_token = held_bytes / len(ids)
+        used, used_10 = (counts > 0).float().mean().item(), (counts >= 10).float().mean().item()
+        facts["bytes_per_token"].append(bytes_per_token)
+        facts["used"].append(used)
+        facts["used_10"].append(used_10)
+        rows.append([size, bytes_per_token, used, used_10, 1000 / bytes_per_token, size * hidden])
+    columns = ["vocab size", "bytes/token (held out)", "share of vocab used", "share used >= 10 times",
+               "tokens per 1000 bytes", f"embedding params (C={hidden})"]
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        ax.plot(sizes, facts["bytes_per_token"], "o-", label="bytes / token")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("vocabulary size")
+        ax.set_ylabel("bytes per token (held out)")
+        twin = ax.twinx()
+        twin.plot(sizes, facts["used"], "s--", color="tab:red", label="used")
+        twin.plot(sizes, facts["used_10"], "^:", color="tab:purple", label="used >= 10 times")
+        twin.set_ylabel("share of the vocabulary", color="tab:red")
+        twin.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+        return fig
+
+    bpt, used10 = facts["bytes_per_token"], facts["used_10"]
+    gains = [b - a for a, b in zip(bpt, bpt[1:])]
+    facts["gain_per_doubling"] = gains
+    peak = sizes[used10.index(max(used10))]
+    return LabResult(
+        columns, rows, figure=_figure(out, "tokenizer-vocab", draw), facts=facts,
+        conclusion=f"Merges shorten the text ({bpt[0]:.2f} -> {bpt[-1]:.2f} bytes/token from {sizes[0]} to "
+                   f"{sizes[-1]} tokens) but each doubling past 1024 buys less (+{gains[-2]:.2f}, then "
+                   f"+{gains[-1]:.2f}) while the embedding doubles, and the share of the vocabulary that "
+                   f"held-out stories use at least 10 times peaks at {peak} tokens ({max(used10):.0%}) and falls "
+                   f"to {used10[-1]:.0%} at {sizes[-1]}: rare tokens get too little data to learn; a good "
+                   "vocabulary sits where a larger one no longer buys much length.")
+
+
+def _bpe_prefix(vocab: dict[int, bytes], merges: list, size: int, specials: list[str], tokenizer_class):
+    """The tokenizer of the first merges of a BPE run: `size` tokens (specials + bytes + merges)."""
+    first = len(specials) + 256
+    kept = merges[:size - first]
+    made = {a + b for a, b in kept}
+    sub_vocab = {i: b for i, b in vocab.items() if i < first or b in made}
+    return tokenizer_class(sub_vocab, kept, specials)
+
+
+
+# ---- 2. special tokens -----------------------------------------------------------------------------
+EOS, UNUSED = 256, 257  # byte ids are 0..255; an end-of-story token and a special token no text contains
+
+
+def _story_ids(split: str, limit: int) -> torch.Tensor:
+    """The shipped stories as byte ids with each `<|endoftext|>` line replaced by one EOS id. (n,) int64"""
+    text = _story_text(split, limit)
+    ids: list[int] = []
+    for story in text.split(b"<|endoftext|>\n")[:-1]:  # the last piece may be cut by `limit`
+        ids.extend(story)
+        ids.append(EOS)
+    return torch.tensor(ids)
+
+
+def special_tokens(out: Path | None, quick: bool) -> LabResult:
+    """A byte-level MiniLlama trained on stories that each end in an EOS token: does it learn to put
+    probability on EOS where stories end, and what happens to a special token the data never holds?
+
+    The head is untied, so the unused token's input embedding and its output row are separate: the
+    input row gets no gradient at all (it is never looked up), the output row gets one at every position
+    (the softmax pushes every wrong token's logit down)."""
+    from minillama.model import MiniLlama
+
+    steps, seq = (100, 128) if quick else (300, 128)
+    train, valid = _story_ids("train", 1_500_000), _story_ids("val", 40_000 if quick else 100_000)
+    newline = train[:-1] == ord("\n")
+    eos_after_newline = (train[1:][newline] == EOS).float().mean().item()  # what counting alone predicts
+    model = MiniLlama(_byte_config(vocab_size=258, tie_word_embeddings=False))
+    embedding_before = model.model.embed_tokens.weight.detach().clone()
+    p_before = _token_probabilities(model, valid, seq)
+    fit(model, _lm_loss, _windows(train, 8, seq, 0), steps, lr=1e-2)
+    embedding_moved = (model.model.embed_tokens.weight.detach() - embedding_before).norm(dim=-1)
+    p_after = _token_probabilities(model, valid, seq)
+    inputs, targets = p_after["inputs"], p_after["targets"]
+    at_end = targets == EOS
+    after_newline = (inputs == ord("\n")) & ~at_end  # paragraph breaks: EOS would be possible here
+    elsewhere = ~at_end & ~after_newline
+    rows = []
+    facts = {"eos_rate": at_end.float().mean().item(), "eos_after_newline_in_data": eos_after_newline}
+    for name, where in (("story ends (next is EOS)", at_end), ("other line ends", after_newline),
+                        ("everywhere else", elsewhere)):
+        before, after = p_before["eos"][where].mean().item(), p_after["eos"][where].mean().item()
+        rows.append([f"P(EOS) at {name}", before, after])
+        facts[name.split(" (")[0].replace(" ", "_")] = after
+    rows.append(["share of line ends followed by EOS (training text)", eos_after_newline, eos_after_newline])
+    rows.append(["P(unused) everywhere", p_before["unused"].mean().item(), p_after["unused"].mean().item()])
+    seen = embedding_moved[:EOS + 1]
+    rows.append(["embedding row change: unused", 0.0, embedding_moved[UNUSED].item()])
+    rows.append(["embedding row change: bytes + EOS (mean)", 0.0, seen[seen > 0].mean().item()])
+    facts.update(p_unused_before=p_before["unused"].mean().item(), p_unused_after=p_after["unused"].mean().item(),
+                 unused_embedding_change=embedding_moved[UNUSED].item(),
+                 eos_embedding_change=embedding_moved[EOS].item(), seen_embedding_change=seen[seen > 0].mean().item())
+    f = facts
+    return LabResult(
+        ["measured on held-out stories", "at init", f"after {steps} steps"], rows, facts=facts,
+        conclusion=f"The model learns where EOS may come: {f['story_ends']:.0%} on EOS where a story really ends "
+                   f"and {f['other_line_ends']:.0%} at other line ends (the data's rate after a newline is "
+                   f"{eos_after_newline:.0%}) against {f['everywhere_else']:.3%} elsewhere, though at this size it "
+                   "barely tells a story's last line from a paragraph break; a special token that never occurs "
+                   f"keeps its input embedding exactly (change {f['unused_embedding_change']:.1g}: no gradient "
+                   "reaches it) "
+                   f"while its probability is driven from {f['p_unused_before']:.1e} to {f['p_unused_after']:.1e}.")
+
+
+@torch.no_grad()
+def _token_probabilities(model: nn.Module, data: torch.Tensor, seq: int) -> dict[str, torch.Tensor]:
+    """Cut `data` into consecutive windows and return, for every position, the input, the true next
+    token and the model's probability of EOS and of the unused token. Each (n,)"""
+    model.eval()
+    n = (len(data) - 1) // seq
+    inputs, targets = data[:n * seq].view(n, seq), data[1:n * seq + 1].view(n, seq)
+    eos, unused = [], []
+    for start in range(0, n, 64):
+        probs = model(inputs[start:start + 64]).logits.float().softmax(-1)
+        eos.append(probs[..., EOS].flatten())
+        unused.append(probs[..., UNUSED].flatten())
+    return {"inputs": inputs.flatten(), "targets": targets.flatten(), "eos": torch.cat(eos),
+            "unused": torch.cat(unused)}
+
+
+# ---- 3. decoder-only vs encoder-decoder vs BERT ----------------------------------------------------
+PAD, START, MASK = 256, 257, 258  # beyond the bytes; vocabulary 260 for all three families
+
+
+def decoder_only(out: Path | None, quick: bool) -> LabResult:
+    """Three families of this project at about the same parameter count, trained for the same steps on
+    the same 128-byte story windows, scored on one task all three can be asked: the bits per byte of a
+    window's second half (64 bytes) given its first half.
+
+    - decoder-only (`MiniLlama`): next-byte loss on every position in training (each byte is a target);
+      scored on the second half's positions.
+    - encoder-decoder (`MiniSeq2Seq`): the first half is the source, the second the target (teacher
+      forcing); 64 targets per window in training.
+    - BERT (`BertForMaskedLM`): masked-LM training (15 % of bytes); scored left to right, byte t of the
+      second half predicted from the first half, the bytes before t, and [MASK] at t and after: a proper
+      likelihood, so comparable. (Its pseudo-likelihood, which sees the bytes on both sides, is not.)
+    """
+    import time
+
+    from minillama.bert.config import BertConfig
+    from minillama.bert.masking import mask_tokens
+    from minillama.bert.model import BertForMaskedLM
+    from minillama.model import MiniLlama
+    from minillama.seq2seq.config import Seq2SeqConfig
+    from minillama.seq2seq.model import MiniSeq2Seq
+
+    steps, batch, half = (300, 16, 32) if quick else (600, 16, 64)
+    data, valid = story_bytes("train", 1_500_000), story_bytes("val", 200_000)
+    vocab, width = 260, 64
+    models = {
+        "decoder-only (MiniLlama)": MiniLlama(_byte_config(vocab_size=vocab, num_hidden_layers=4,
+                                                           num_key_value_heads=4)),
+        "encoder-decoder (MiniSeq2Seq)": MiniSeq2Seq(Seq2SeqConfig(
+            vocab_size=vocab, d_model=width, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=192,
+            decoder_ffn_dim=192, dropout=0.0, pad_token_id=PAD, eos_token_id=PAD,
+            decoder_start_token_id=START, max_position_embeddings=2 * half)),
+        "BERT (BertForMaskedLM)": BertForMaskedLM(BertConfig(
+            vocab_size=vocab, hidden_size=width, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=256, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            max_position_embeddings=2 * half, pad_token_id=PAD)),
+    }
+    mask_generator = torch.Generator().manual_seed(1)
+
+    def train_loss(name: str):
+        def loss_of(model, batch_):
+            inputs, targets = batch_  # (B, 2*half); the window is inputs + targets' last byte
+            window = torch.cat([inputs, targets[:, -1:]], dim=1)
+            if name.startswith("decoder"):
+                return model(inputs, targets=targets).loss
+            if name.startswith("encoder"):
+                return model(window[:, :half], labels=window[:, half:]).loss
+            corrupted, labels = mask_tokens(window, torch.zeros_like(window, dtype=torch.bool), MASK, 256,
+                                            mask_generator)
+            return model(corrupted, labels=labels).loss
+        return loss_of
+
+    rows, facts, curves = [], {}, {}
+    evaluation = next(_windows(valid, 64 if quick else 128, 2 * half - 1, 7))
+    window = torch.cat([evaluation[0], evaluation[1][:, -1:]], dim=1)
+    for name, model in models.items():
+        params = sum(p.numel() for p in model.parameters())
+        start = time.perf_counter()
+        curves[name] = fit(model, train_loss(name), _windows(data, batch, 2 * half - 1, 0), steps)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            nats = _continuation_nats(name, model, window, half)
+        bits = nats / math.log(2)
+        own = sum(curves[name][-20:]) / 20  # each family's own training objective, last steps
+        key = name.split(" (")[0]
+        facts[key] = {"bits_per_byte": bits, "params": params, "seconds": seconds, "own_loss": own}
+        rows.append([name, params, bits, own, seconds])
+    columns = ["model", "params", "bits/byte of 2nd half given 1st", "own training loss (nats)",
+               "train seconds (same run)"]
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        for name, curve in curves.items():
+            ax.plot(_smooth(curve), label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("own training loss (nats, smoothed)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return fig
+
+    f = {k: v["bits_per_byte"] for k, v in facts.items()}
+    return LabResult(
+        columns, rows, figure=_figure(out, "decoder-only", draw), facts=facts,
+        conclusion=f"At about the same size and steps the decoder-only model predicts the continuation best "
+                   f"({f['decoder-only']:.2f} bits/byte vs {f['encoder-decoder']:.2f} for encoder-decoder and "
+                   f"{f['BERT']:.2f} for BERT decoded left to right): every byte is a training target for it, "
+                   "the encoder-decoder learns only from the target half, and BERT's masked-LM training "
+                   "never asks it the left-to-right question generation needs.")
+
+
+def _continuation_nats(name: str, model: nn.Module, window: torch.Tensor, half: int) -> float:
+    """Mean negative log-likelihood (nats) of window[:, half:] given window[:, :half]. window (B, 2*half)"""
+    model.eval()
+    target = window[:, half:]
+    if name.startswith("decoder"):
+        logits = model(window[:, :-1]).logits[:, half - 1:]  # positions that predict the second half
+    elif name.startswith("encoder"):
+        from minillama.seq2seq.model import shift_tokens_right
+
+        decoder_inputs = shift_tokens_right(target, PAD, START)
+        logits = model(window[:, :half], decoder_input_ids=decoder_inputs).logits
+    else:  # BERT, left to right: byte t sees the first half, bytes < t, and [MASK] from t on
+        steps = []
+        for t in range(half):
+            masked = window.clone()
+            masked[:, half + t:] = MASK
+            steps.append(model(masked).logits[:, half + t])
+        logits = torch.stack(steps, dim=1)
+    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).item()
+
+
+def _smooth(values: list[float], width: int = 20) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= width:
+            total -= values[i - width]
+        out.append(total / min(i + 1, width))
+    return out
+
+
+# ---- 4. RMSNorm vs LayerNorm -----------------------------------------------------------------------
+def _replace_norms(model: nn.Module, make) -> nn.Module:
+    """Replace every `RMSNorm` of a MiniLlama by `make(width)`. The blocks call their norms by attribute,
+    so a swapped module is all a variant needs (and the model file keeps its one norm)."""
+    from minillama.model.llama import RMSNorm
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, RMSNorm):
+                setattr(parent, child_name, make(child.weight.shape[0]))
+    return model
+
+
+def _interleaved_seconds(functions: dict, repeats: int, inner: int) -> dict[str, float]:
+    """The median seconds of each function, timed in turn (A B A B ...), so that a machine busy with other
+    work slows them alike and their ratio stays meaningful."""
+    import time
+
+    samples = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                function()
+            samples[name].append((time.perf_counter() - start) / inner)
+    return {name: sorted(values)[len(values) // 2] for name, values in samples.items()}
+
+
+def rmsnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
+    """The model's `RMSNorm` against `nn.LayerNorm` (and torch's fused `F.rms_norm`): forward + backward
+    time of the norm alone and of a whole training step, timed alternately in the same run, and the
+    loss of the same byte-level model with either norm after the same steps on the same batches."""
+    from minillama.model import MiniLlama
+    from minillama.model.llama import RMSNorm
+
+    steps = 200 if quick else 500
+    data, valid = story_bytes("train", 1_500_000), story_bytes("val")
+    width = 256
+    x = torch.randn(16, 128, width, requires_grad=True)
+    norms = {"RMSNorm (model/llama.py)": RMSNorm(width, 1e-5), "nn.LayerNorm": nn.LayerNorm(width, 1e-5)}
+    functions = {name: (lambda norm=norm: norm(x).sum().backward()) for name, norm in norms.items()}
+    if hasattr(F, "rms_norm"):  # torch >= 2.4: a fused kernel, like LayerNorm's
+        weight = torch.ones(width, requires_grad=True)
+        functions["F.rms_norm (fused)"] = lambda: F.rms_norm(x, (width,), weight, 1e-5).sum().backward()
+    norm_seconds = _interleaved_seconds(functions, 7 if quick else 15, 5)
+
+    torch.manual_seed(0)
+    rms_model = MiniLlama(_byte_config())
+    torch.manual_seed(0)
+    ln_model = _replace_norms(MiniLlama(_byte_config()), lambda c: nn.LayerNorm(c, 1e-5))
+    models = {"RMSNorm": rms_model, "LayerNorm": ln_model}
+    batch = next(_windows(data, 16, 128, 3))
+    step_seconds = _interleaved_seconds(
+        {name: (lambda m=m: _lm_loss(m, batch).backward()) for name, m in models.items()}, 5 if quick else 11, 2)
+    results, curves = {}, {}
+    for name, model in models.items():
+        curves[name] = fit(model, _lm_loss, _windows(data, 16, 128, 0), steps)
+        results[name] = mean_loss(model, _lm_loss, _windows(valid, 32, 128, 1), 4 if quick else 8)
+    rows = [[f"norm alone: {name}", seconds * 1e3, seconds / norm_seconds["RMSNorm (model/llama.py)"], "", ""]
+            for name, seconds in norm_seconds.items()]
+    rows += [[f"model with {name}", step_seconds[name] * 1e3, step_seconds[name] / step_seconds["RMSNorm"],
+              sum(p.numel() for p in models[name].parameters()), results[name]] for name in models]
+    columns = ["what (x: 16 x 128 x 256 / byte model, 2 layers)", "fwd+bwd ms", "time / RMSNorm's",
+               "params", f"val loss after {steps} steps"]
+    facts = {"loss_rms": results["RMSNorm"], "loss_ln": results["LayerNorm"],
+             "params_rms": rows[-2][3], "params_ln": rows[-1][3],
+             "norm_seconds": norm_seconds,
+             "step_ratio_ln_over_rms": step_seconds["LayerNorm"] / step_seconds["RMSNorm"]}
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        for name, curve in curves.items():
+            ax.plot(_smooth(curve), label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (nats, smoothed)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return fig
+
+    fused = norm_seconds.get("F.rms_norm (fused)")
+    unfused = norm_seconds["RMSNorm (model/llama.py)"] / norm_seconds["nn.LayerNorm"]
+    speed = (f"the fused F.rms_norm takes {fused / norm_seconds['nn.LayerNorm']:.2f}x LayerNorm's time, "
+             if fused else "")
+    return LabResult(
+        columns, rows, figure=_figure(out, "rmsnorm-vs-layernorm", draw), facts=facts,
+        conclusion=f"At equal steps the two norms reach the same loss ({results['RMSNorm']:.3f} vs "
+                   f"{results['LayerNorm']:.3f} nats); RMSNorm saves the mean and the bias, so {speed}"
+                   f"the model's unfused RMSNorm {unfused:.2f}x "
+                   f"(kernels, not arithmetic, decide), and a whole step differs by "
+                   f"{abs(facts['step_ratio_ln_over_rms'] - 1):.0%}: the norm is a small part of the work.")
+
+
+# ---- 5. residual connections -----------------------------------------------------------------------
+class _NoResidual(nn.Module):
+    """A MiniLlama block with its two residual additions removed: attn(norm(x)), then mlp(norm(.)).
+    Built here, wrapping the real block's modules, so that llama.py has no switch for an ablation."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, cos, sin, mask, cache, cache_position=None):
+        layer = self.layer
+        x = layer.self_attn(layer.input_layernorm(x), cos, sin, mask, cache, cache_position)
+        return layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _layer_grad_norms(model: nn.Module, batch: tuple) -> list[float]:
+    """Gradient norm of each block's parameters for one batch, first block first."""
+    model.zero_grad(set_to_none=True)
+    _lm_loss(model, batch).backward()
+    norms = [math.sqrt(sum(p.grad.pow(2).sum().item() for p in layer.parameters())) for layer in model.model.layers]
+    model.zero_grad(set_to_none=True)
+    return norms
+
+
+def residual_connections(out: Path | None, quick: bool) -> LabResult:
+    """An 8-layer byte-level MiniLlama with and without its residual connections: the gradient that
+    reaches each block at initialisation and the loss after the same steps."""
+    from minillama.model import MiniLlama
+
+    steps, layers = (150, 8) if quick else (400, 8)
+    data, valid = story_bytes("train", 1_500_000), story_bytes("val")
+    batch = next(_windows(data, 16, 128, 5))
+    rows, facts, curves = [], {}, {}
+    for name in ("with residuals", "without residuals"):
+        torch.manual_seed(0)
+        model = MiniLlama(_byte_config(num_hidden_layers=layers))
+        if name == "without residuals":
+            model.model.layers = nn.ModuleList(_NoResidual(layer) for layer in model.model.layers)
+        grads = _layer_grad_norms(model, batch)
+        curves[name] = fit(model, _lm_loss, _windows(data, 16, 128, 0), steps)
+        loss = mean_loss(model, _lm_loss, _windows(valid, 32, 128, 1), 4 if quick else 8)
+        key = "residual" if name == "with residuals" else "plain"
+        facts[key] = {"grads": grads, "loss": loss, "first_over_last": grads[0] / grads[-1],
+                      "loss_at_50": sum(curves[name][40:60]) / 20}
+        rows.append([name, grads[0], grads[-1], grads[0] / grads[-1], loss])
+    columns = ["8-layer byte model", "grad norm block 1 (init)", "grad norm block 8 (init)", "block 1 / block 8",
+               f"val loss after {steps} steps"]
+
+    def draw(plt):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+        for name, curve in curves.items():
+            axes[0].plot(_smooth(curve), label=name)
+        for key, name in (("residual", "with residuals"), ("plain", "without residuals")):
+            axes[1].plot(range(1, layers + 1), facts[key]["grads"], "o-", label=name)
+        axes[0].set_xlabel("step")
+        axes[0].set_ylabel("training loss (nats, smoothed)")
+        axes[1].set_xlabel("block")
+        axes[1].set_ylabel("gradient norm at init")
+        axes[1].set_yscale("log")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        return fig
+
+    r, p = facts["residual"], facts["plain"]
+    return LabResult(
+        columns, rows, figure=_figure(out, "residual-connections", draw), facts=facts,
+        conclusion=f"Without residuals the first block receives {p['grads'][0] / r['grads'][0]:.1g}x the "
+                   f"gradient it gets with them (block 1 / block 8: {p['first_over_last']:.2g} vs "
+                   f"{r['first_over_last']:.2g}) and the loss after {steps} steps is {p['loss']:.2f} instead "
+                   f"of {r['loss']:.2f} nats: the identity path is what carries the signal through depth.")
+
+
+# ---- 6. pre-norm vs post-norm ----------------------------------------------------------------------
+def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
+    """`config.norm_placement` 'pre' against 'post' in a deep, narrow byte-level MiniLlama: the gradient
+    each block gets at initialisation, and the loss after the same steps at a moderate and a high
+    learning rate (the lab's loop warms up over the first tenth of the steps). experiments/norm_placement.py
+    is the larger study (docs/attention.md#norm-placement)."""
+    from minillama.model import MiniLlama
+
+    layers = 8
+    steps = 150 if quick else 300
+    rates = (3e-3, 1e-2) if quick else (3e-3, 1e-2, 3e-2)
+    data, valid = story_bytes("train", 1_500_000), story_bytes("val")
+    batch = next(_windows(data, 16, 128, 5))
+    rows, facts, curves = [], {}, {}
+    for placement in ("pre", "post"):
+        torch.manual_seed(0)
+        grads = _layer_grad_norms(MiniLlama(_byte_config(num_hidden_layers=layers, norm_placement=placement)), batch)
+        facts[placement] = {"grads": grads, "first_over_last": grads[0] / grads[-1], "loss": {}}
+        row = [placement, grads[0], grads[-1], grads[0] / grads[-1]]
+        for lr in rates:
+            torch.manual_seed(0)
+            model = MiniLlama(_byte_config(num_hidden_layers=layers, norm_placement=placement))
+            curves[placement, lr] = fit(model, _lm_loss, _windows(data, 16, 128, 0), steps, lr=lr)
+            loss = mean_loss(model, _lm_loss, _windows(valid, 32, 128, 1), 4 if quick else 8)
+            facts[placement]["loss"][str(lr)] = loss
+            row.append(loss)
+        rows.append(row)
+    columns = ["placement (8 layers)", "grad norm block 1 (init)", "grad norm block 8 (init)", "block 1 / block 8"]
+    columns += [f"val loss, lr {lr:g}" for lr in rates]
+
+    def draw(plt):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+        for (placement, lr), curve in curves.items():
+            axes[0].plot(_smooth(curve), "-" if placement == "pre" else "--", label=f"{placement}, lr {lr:g}")
+        for placement in ("pre", "post"):
+            axes[1].plot(range(1, layers + 1), facts[placement]["grads"], "o-", label=placement)
+        axes[0].set_xlabel("step")
+        axes[0].set_ylabel("training loss (nats, smoothed)")
+        axes[1].set_xlabel("block")
+        axes[1].set_ylabel("gradient norm at init")
+        axes[1].set_yscale("log")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        return fig
+
+    pre, post = facts["pre"], facts["post"]
+    high = str(rates[-1])
+    better = "post" if post["loss"][high] < pre["loss"][high] else "pre"
+    return LabResult(
+        columns, rows, figure=_figure(out, "pre-vs-post-norm", draw), facts=facts,
+        conclusion=f"At init post-norm's gradient shrinks towards the first block (block 1 / block 8: "
+                   f"{post['first_over_last']:.2g} vs {pre['first_over_last']:.2g} for pre-norm), the known reason "
+                   f"deep post-norm stacks need warmup; at this depth and length the losses at lr {rates[-1]:g} "
+                   f"are {pre['loss'][high]:.2f} (pre) and {post['loss'][high]:.2f} (post), {better}-norm ahead, "
+                   "so at small scale the difference is in the gradients more than in the loss.")
+
+
+# ---- 7. FFN width ----------------------------------------------------------------------------------
+def ffn_width(out: Path | None, quick: bool) -> LabResult:
+    """The SwiGLU feed-forward's intermediate size swept from half to 8x the hidden size in a byte-level
+    MiniLlama, same steps and batches: loss against parameters."""
+    from minillama.model import MiniLlama
+
+    factors = (0.5, 1, 4) if quick else (0.5, 1, 2, 4, 8)
+    steps, hidden = (200, 64) if quick else (500, 64)
+    data, valid = story_bytes("train", 1_500_000), story_bytes("val")
+    rows, facts = [], {"factors": list(factors), "loss": [], "params": []}
+    for factor in factors:
+        torch.manual_seed(0)
+        model = MiniLlama(_byte_config(intermediate_size=int(factor * hidden)))
+        fit(model, _lm_loss, _windows(data, 16, 128, 0), steps)
+        loss = mean_loss(model, _lm_loss, _windows(valid, 32, 128, 1), 4 if quick else 8)
+        ffn = sum(p.numel() for layer in model.model.layers for p in layer.mlp.parameters())
+        params = model.num_parameters()
+        facts["loss"].append(loss)
+        facts["params"].append(params)
+        rows.append([f"{factor:g}x ({int(factor * hidden)})", ffn, params, loss])
+    columns = ["intermediate size", "FFN params", "model params", f"val loss after {steps} steps"]
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        ax.plot(facts["params"], facts["loss"], "o-")
+        for factor, x, y in zip(factors, facts["params"], facts["loss"]):
+            ax.annotate(f"{factor:g}x", (x, y), textcoords="offset points", xytext=(4, 4))
+        ax.set_xscale("log")
+        ax.set_xlabel("model parameters")
+        ax.set_ylabel("validation loss (nats)")
+        ax.grid(alpha=0.3)
+        return fig
+
+    loss = facts["loss"]
+    return LabResult(
+        columns, rows, figure=_figure(out, "ffn-width", draw), facts=facts,
+        conclusion=f"A wider FFN buys loss with parameters: {loss[0]:.2f} nats at {factors[0]:g}x the hidden size, "
+                   f"{loss[factors.index(4)]:.2f} at 4x, {loss[-1]:.2f} at {factors[-1]:g}x, each doubling gaining "
+                   "less; the FFN is where a block stores what it learns (two thirds of its weights at 8/3x), "
+                   "and it must contract back to the residual width that every block reads and writes.")
+
+
+# ---- 8. positions and RoPE -------------------------------------------------------------------------
+class _NoRotation(nn.Module):
+    """cos = 1, sin = 0 at every position: the model's rotary code becomes the identity (no positions)."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
+        shape = (*position_ids.shape, self.head_dim)
+        return torch.ones(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+
+
+class _LearnedPositions(nn.Module):
+    """The token embedding plus a learned vector per absolute position (GPT-2's scheme), replacing a
+    MiniLlama's `embed_tokens` (the tied head still reads the token embedding's weight)."""
+
+    def __init__(self, embed: nn.Embedding, positions: int):
+        super().__init__()
+        self.embed = embed
+        self.weight = embed.weight  # what callers of embed_tokens.weight expect
+        self.positions = nn.Embedding(positions, embed.weight.shape[1])
+        nn.init.normal_(self.positions.weight, 0.0, 0.02)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids) + self.positions.weight[:input_ids.shape[1]]
+
+
+def _position_variant(name: str, config) -> nn.Module:
+    from minillama.model import MiniLlama
+
+    model = MiniLlama(config)
+    if name != "RoPE":
+        model.model.rotary_emb = _NoRotation(config.head_dim)
+    if name == "learned absolute":
+        model.model.embed_tokens = _LearnedPositions(model.model.embed_tokens, config.max_position_embeddings)
+    return model
+
+
+def _copy_batches(batch: int, length: int, symbols: int, seed: int):
+    """Endless copy-task batches: `length` random symbols, a separator, the same symbols again; only the
+    copy is scored (targets -100 elsewhere). Each (batch, 2 * length) int64."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        first = torch.randint(0, symbols, (batch, length), generator=generator)
+        sequence = torch.cat([first, torch.full((batch, 1), symbols), first], dim=1)
+        targets = sequence[:, 1:].clone()
+        targets[:, :length] = -100  # the first half is random: nothing to learn there
+        yield sequence[:, :-1], targets
+
+
+def positions(out: Path | None, quick: bool) -> LabResult:
+    """(a) RoPE's relative-position property on the model's own rotary code: after rotating a query at
+    position m and a key at position n, q·k depends only on m - n. (b) No positions, learned absolute
+    positions, and RoPE in the same MiniLlama on a task that needs order (copy a random sequence after a
+    separator) and on byte-level stories, same steps and batches."""
+    from minillama.model import ModelConfig
+    from minillama.model.llama import RotaryEmbedding, apply_rotary
+
+    config = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=512)
+    rotary = RotaryEmbedding(config)
+    q, k = torch.randn(1, 1, 1, config.head_dim), torch.randn(1, 1, 1, config.head_dim)
+
+    def score(m: int, n: int) -> float:
+        cos, sin = rotary(torch.tensor([[m, n]]), torch.float64)
+        rq = apply_rotary(q.double(), cos[:, :1], sin[:, :1])
+        rk = apply_rotary(k.double(), cos[:, 1:], sin[:, 1:])
+        return (rq * rk).sum().item()
+
+    offsets, starts = (0, 1, 5, 50), (0, 7, 100, 400)
+    table = {d: [score(m + d, m) for m in starts] for d in offsets}
+    same_offset_spread = max(max(v) - min(v) for v in table.values())
+    across_offsets = [sum(v) / len(v) for v in table.values()]
+    across_spread = max(across_offsets) - min(across_offsets)
+    rows = [[f"(a) q·k at m - n = {d}, m = {', '.join(map(str, (s + d for s in starts)))}",
+             ", ".join(f"{v:.6f}" for v in table[d]), "", ""] for d in offsets]
+
+    steps = 250 if quick else 600
+    copy_len, symbols = (16, 32)
+    data, valid = story_bytes("train", 1_500_000), story_bytes("val")
+    variants = ("none", "learned absolute", "RoPE")
+    facts = {"rope_same_offset_spread": same_offset_spread, "rope_across_offsets_spread": across_spread,
+             "copy": {}, "bytes": {}, "copy_chance": math.log(symbols)}
+    curves = {}
+    for name in variants:
+        torch.manual_seed(0)
+        model = _position_variant(name, _byte_config(vocab_size=symbols + 1, max_position_embeddings=64,
+                                                     num_key_value_heads=4))
+        curves[name] = fit(model, _lm_loss, _copy_batches(16, copy_len, symbols, 0), steps)
+        facts["copy"][name] = mean_loss(model, _lm_loss, _copy_batches(64, copy_len, symbols, 99), 2)
+        torch.manual_seed(0)
+        model = _position_variant(name, _byte_config(max_position_embeddings=128))
+        fit(model, _lm_loss, _windows(data, 16, 128, 0), steps)
+        facts["bytes"][name] = mean_loss(model, _lm_loss, _windows(valid, 32, 128, 1), 4 if quick else 8)
+        rows.append([f"(b) {name}", "", facts["copy"][name], facts["bytes"][name]])
+    columns = ["measurement", "value", f"copy-task loss (chance {math.log(symbols):.2f})",
+               f"byte LM val loss ({steps} steps)"]
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        for name, curve in curves.items():
+            ax.plot(_smooth(curve), label=name)
+        ax.axhline(math.log(symbols), color="gray", ls=":", label="chance")
+        ax.set_xlabel("step")
+        ax.set_ylabel("copy-task training loss (nats)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return fig
+
+    c, b = facts["copy"], facts["bytes"]
+    return LabResult(
+        columns, rows, figure=_figure(out, "positions", draw), facts=facts,
+        conclusion=f"RoPE's q·k depends only on m - n (spread {same_offset_spread:.1g} at a fixed offset vs "
+                   f"{across_spread:.2g} across offsets); on the copy task RoPE reaches {c['RoPE']:.2f} nats, "
+                   f"learned absolute positions {c['learned absolute']:.2f} and none {c['none']:.2f} (chance "
+                   f"{math.log(symbols):.2f}); on stories the gap is smaller ({b['RoPE']:.2f} / "
+                   f"{b['learned absolute']:.2f} / {b['none']:.2f}) because a causal mask alone lets a model "
+                   "infer some order, but precise relative position is what RoPE gives.")
+
+
+# ---- 9. BatchNorm vs LayerNorm ---------------------------------------------------------------------
+class _SequenceBatchNorm(nn.Module):
+    """BatchNorm over the channels of (B, T, C): statistics over every token of the batch (all
+    sequences, all positions, padding included), running averages in eval mode."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
+def batchnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
+    """The same byte-level MiniLlama with its norms replaced by BatchNorm or LayerNorm, trained with a
+    small batch: does one sequence's output depend on its batchmates (and on their padding), do train
+    and eval mode agree, and what loss does each reach at equal steps?"""
+    from minillama.model import MiniLlama
+
+    steps, batch = (200, 4) if quick else (500, 4)
+    data, valid = story_bytes("train", 1_500_000), story_bytes("val")
+    probe = next(_windows(valid, 3, 128, 11))[0]  # sequence 0 and two batchmates
+    other = next(_windows(valid, 3, 128, 12))[0]
+    rows, facts, curves = [], {}, {}
+    for name, make in (("LayerNorm", lambda c: nn.LayerNorm(c, 1e-5)), ("BatchNorm", _SequenceBatchNorm)):
+        torch.manual_seed(0)
+        model = _replace_norms(MiniLlama(_byte_config()), make)
+        curves[name] = fit(model, _lm_loss, _windows(data, batch, 128, 0), steps)
+        eval_loss = mean_loss(model, _lm_loss, _windows(valid, 32, 128, 1), 4 if quick else 8)
+        model.train()  # train mode: normalised with the batch's own statistics, as during training
+        with torch.no_grad():
+            train_mode_loss = sum(_lm_loss(model, b).item()
+                                  for _, b in zip(range(4), _windows(valid, batch, 128, 1))) / 4
+            alone = model(probe).logits[0]
+            mates = model(torch.cat([probe[:1], other[1:]])).logits[0]
+            padded = torch.cat([probe[:1], probe[1:, :16].repeat(1, 8)])  # batchmates mostly repeated padding
+            padded[1:, 16:] = 0
+            with_padding = model(padded).logits[0]
+            model.eval()
+            eval_mode = model(probe).logits[0]
+        model.eval()
+        facts[name] = {"batchmates": (alone - mates).abs().max().item(),
+                       "padding": (alone - with_padding).abs().max().item(),
+                       "train_vs_eval": (alone - eval_mode).abs().max().item(),
+                       "eval_loss": eval_loss, "train_mode_loss": train_mode_loss}
+        f = facts[name]
+        rows.append([name, f["batchmates"], f["padding"], f["train_vs_eval"], train_mode_loss, eval_loss])
+    columns = ["norm", "max logit change: other batchmates", "... batchmates padded", "... train vs eval mode",
+               f"val loss, train mode (batch {batch})", "val loss, eval mode"]
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        for name, curve in curves.items():
+            ax.plot(_smooth(curve), label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"training loss (nats, smoothed, batch {batch})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return fig
+
+    ln, bn = facts["LayerNorm"], facts["BatchNorm"]
+    return LabResult(
+        columns, rows, figure=_figure(out, "batchnorm-vs-layernorm", draw), facts=facts,
+        conclusion=f"With BatchNorm a sequence's logits move by up to {bn['batchmates']:.2g} when its batchmates "
+                   f"change and {bn['padding']:.2g} when they are padded, and train and eval mode disagree by "
+                   f"{bn['train_vs_eval']:.2g} (LayerNorm: {ln['batchmates']:.1g}, {ln['padding']:.1g}, "
+                   f"{ln['train_vs_eval']:.1g}); in eval mode, as it would generate, the BatchNorm model's loss "
+                   f"is {bn['eval_loss']:.2f} vs {ln['eval_loss']:.2f} nats for LayerNorm (batch {batch}): a "
+                   "token's normalisation should not depend on other sequences, or on its own future.")
+
+
+EXPERIMENTS = (
+    Experiment("tokenizer-vocab", "architecture",
+               "What does a good tokenizer look like: how do bytes/token and vocabulary use change with "
+               "vocabulary size?", tokenizer_vocab),
+    Experiment("special-tokens", "architecture",
+               "Does a model learn its special tokens (EOS), and what happens to one it never sees?",
+               special_tokens),
+)

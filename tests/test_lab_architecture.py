@@ -1,0 +1,26 @@
+"""The architecture questions' conclusions, asserted on the lab's own measurements (quick setting)."""
+
+from __future__ import annotations
+
+from minillama.lab import find_experiment, run_experiment
+
+
+def facts(name: str) -> dict:
+    return run_experiment(find_experiment(name), quick=True)[0].facts
+
+
+def test_larger_vocabularies_shorten_text_less_and_leave_more_tokens_rare():
+    f = facts("tokenizer-vocab")
+    assert f["prefix_equals_smaller_run"]  # the smaller tokenizers are what a smaller run trains
+    bpt, gains, used10 = f["bytes_per_token"], f["gain_per_doubling"], f["used_10"]
+    assert bpt == sorted(bpt) and bpt[0] < 1.05 and bpt[-1] > 3.5  # merges always shorten the text
+    assert gains[-1] < gains[-2] < gains[2]  # but each doubling past 1024 buys less
+    peak = used10.index(max(used10))
+    assert 0 < peak < len(used10) - 1 and used10[-1] < 0.5 * max(used10)  # many tokens of 4096 are rare
+
+
+def test_the_model_learns_where_eos_goes_and_an_unseen_special_token_keeps_its_embedding():
+    f = facts("special-tokens")
+    assert f["story_ends"] > 50 * f["everywhere_else"] and f["other_line_ends"] > 50 * f["everywhere_else"]
+    assert f["unused_embedding_change"] == 0.0 and f["seen_embedding_change"] > 0.1  # no gradient reaches it
+    assert f["p_unused_after"] < f["p_unused_before"] / 100  # but the head learns never to predict it
