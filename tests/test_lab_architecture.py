@@ -24,3 +24,11 @@ def test_the_model_learns_where_eos_goes_and_an_unseen_special_token_keeps_its_e
     assert f["story_ends"] > 50 * f["everywhere_else"] and f["other_line_ends"] > 50 * f["everywhere_else"]
     assert f["unused_embedding_change"] == 0.0 and f["seen_embedding_change"] > 0.1  # no gradient reaches it
     assert f["p_unused_after"] < f["p_unused_before"] / 100  # but the head learns never to predict it
+
+
+def test_at_equal_budget_decoder_only_predicts_a_continuation_best():
+    f = facts("decoder-only")
+    assert f["ranking"] == ["decoder-only", "encoder-decoder", "BERT"]
+    assert f["BERT"]["bits_per_byte"] > f["decoder-only"]["bits_per_byte"] + 0.5
+    params = [f[k]["params"] for k in ("decoder-only", "encoder-decoder", "BERT")]
+    assert max(params) < 1.15 * min(params)  # the same size, to within 15 %
