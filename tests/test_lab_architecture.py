@@ -32,3 +32,10 @@ def test_at_equal_budget_decoder_only_predicts_a_continuation_best():
     assert f["BERT"]["bits_per_byte"] > f["decoder-only"]["bits_per_byte"] + 0.5
     params = [f[k]["params"] for k in ("decoder-only", "encoder-decoder", "BERT")]
     assert max(params) < 1.15 * min(params)  # the same size, to within 15 %
+
+
+def test_rmsnorm_and_layernorm_reach_the_same_loss_and_rmsnorm_has_no_bias():
+    f = facts("rmsnorm-vs-layernorm")
+    assert abs(f["loss_rms"] - f["loss_ln"]) < 0.05
+    assert f["params_ln"] - f["params_rms"] == 5 * 64  # a bias per norm: 2 per block + the final one
+    assert set(f["norm_seconds"]) >= {"RMSNorm (model/llama.py)", "nn.LayerNorm"}  # timed, not asserted
