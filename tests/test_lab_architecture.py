@@ -39,3 +39,12 @@ def test_rmsnorm_and_layernorm_reach_the_same_loss_and_rmsnorm_has_no_bias():
     assert abs(f["loss_rms"] - f["loss_ln"]) < 0.05
     assert f["params_ln"] - f["params_rms"] == 5 * 64  # a bias per norm: 2 per block + the final one
     assert set(f["norm_seconds"]) >= {"RMSNorm (model/llama.py)", "nn.LayerNorm"}  # timed, not asserted
+
+
+def test_without_residuals_a_deep_stack_loses_its_signal_or_trains_worse():
+    f = facts("residual-connections")
+    residual, plain, fan_in = f["residual"], f["plain"], f["plain_fan_in"]
+    assert plain["last_block_output"] < 1e-6 and max(plain["grads"]) < 1e-6  # the model's init: nothing gets through
+    assert plain["loss"] > 5.0  # so it stays at the uniform guess, ln 256 = 5.55
+    assert fan_in["loss"] > residual["loss"] + 0.3  # a scale-keeping init learns, but worse
+    assert 0.5 < residual["first_over_last"] < 2 and fan_in["first_over_last"] > 3  # residuals even out gradients

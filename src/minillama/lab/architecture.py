@@ -482,53 +482,79 @@ def _layer_grad_norms(model: nn.Module, batch: tuple) -> list[float]:
 
 
 def residual_connections(out: Path | None, quick: bool) -> LabResult:
-    """An 8-layer byte-level MiniLlama with and without its residual connections: the gradient that
-    reaches each block at initialisation and the loss after the same steps."""
+    """An 8-layer byte-level MiniLlama with and without its residual connections: the activations and
+    gradients each block sees at initialisation, and the loss after the same steps.
+
+    Without residuals, two inits: the model's own, which scales the projections that write into the
+    residual stream by 1/sqrt(2 * layers) because it assumes that stream; and a fair one for a plain
+    stack, every linear layer N(0, 1/fan_in), which keeps the activations' scale from block to block."""
     seed = torch.initial_seed()  # each model starts from the same init (run_experiment's seed)
     from minillama.model import MiniLlama
 
-    steps, layers = (80, 8) if quick else (250, 8)
+    steps, layers = (40, 8) if quick else (200, 8)
     data, valid = story_bytes("train", 1_500_000), story_bytes("val")
     batch = next(_windows(data, BATCH, SEQ, 5))
     rows, facts, curves = [], {}, {}
-    for name in ("with residuals", "without residuals"):
+    variants = {"with residuals": "residual", "without (model's init)": "plain",
+                "without (1/fan_in init)": "plain_fan_in"}
+    for name, key in variants.items():
         torch.manual_seed(seed)
         model = MiniLlama(_byte_config(num_hidden_layers=layers))
-        if name == "without residuals":
+        if key != "residual":
             model.model.layers = nn.ModuleList(_NoResidual(layer) for layer in model.model.layers)
+        if key == "plain_fan_in":
+            with torch.no_grad():
+                for module in model.model.layers.modules():
+                    if isinstance(module, nn.Linear):
+                        module.weight.normal_(0.0, module.in_features ** -0.5)
+        scale = _last_block_scale(model, batch)
         grads = _layer_grad_norms(model, batch)
-        curves[name] = fit(model, _lm_loss, _windows(data, BATCH, SEQ, 0), steps)
+        if any(grads) or key == "residual":
+            curves[name] = fit(model, _lm_loss, _windows(data, BATCH, SEQ, 0), steps)
+        else:  # every gradient is exactly 0 (the head's too: it reads zeros), so no step would change it
+            curves[name] = [_lm_loss(model, batch).item()] * steps
         loss = _val_loss(model, valid)
-        key = "residual" if name == "with residuals" else "plain"
-        facts[key] = {"grads": grads, "loss": loss, "first_over_last": grads[0] / grads[-1],
-                      "loss_at_50": sum(curves[name][40:60]) / 20}
-        rows.append([name, grads[0], grads[-1], grads[0] / grads[-1], loss])
-    columns = ["8-layer byte model", "grad norm block 1 (init)", "grad norm block 8 (init)", "block 1 / block 8",
-               f"val loss after {steps} steps"]
+        ratio = grads[0] / grads[-1] if grads[-1] else 0.0
+        facts[key] = {"grads": grads, "loss": loss, "first_over_last": ratio, "last_block_output": scale}
+        rows.append([name, scale, grads[0], grads[-1], ratio, loss])
+    columns = ["8-layer byte model", "mean |output| of block 8 (init)", "grad norm block 1 (init)",
+               "grad norm block 8 (init)", "block 1 / block 8", f"val loss after {steps} steps"]
 
     def draw(plt):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
         for name, curve in curves.items():
             axes[0].plot(_smooth(curve), label=name)
-        for key, name in (("residual", "with residuals"), ("plain", "without residuals")):
-            axes[1].plot(range(1, layers + 1), facts[key]["grads"], "o-", label=name)
+        for name, key in variants.items():
+            axes[1].plot(range(1, layers + 1), [max(g, 1e-12) for g in facts[key]["grads"]], "o-", label=name)
         axes[0].set_xlabel("step")
         axes[0].set_ylabel("training loss (nats, smoothed)")
         axes[1].set_xlabel("block")
-        axes[1].set_ylabel("gradient norm at init")
+        axes[1].set_ylabel("gradient norm at init (floor 1e-12)")
         axes[1].set_yscale("log")
         for ax in axes:
             ax.grid(alpha=0.3)
-        axes[0].legend()
+        axes[0].legend(fontsize=8)
         return fig
 
-    r, p = facts["residual"], facts["plain"]
+    r, p, q = facts["residual"], facts["plain"], facts["plain_fan_in"]
     return LabResult(
         columns, rows, figure=_figure(out, "residual-connections", draw), facts=facts,
-        conclusion=f"Without residuals the first block receives {p['grads'][0] / r['grads'][0]:.1g}x the "
-                   f"gradient it gets with them (block 1 / block 8: {p['first_over_last']:.2g} vs "
-                   f"{r['first_over_last']:.2g}) and the loss after {steps} steps is {p['loss']:.2f} instead "
-                   f"of {r['loss']:.2f} nats: the identity path is what carries the signal through depth.")
+        conclusion=f"Without residuals and with the model's init the signal dies on the way up (block 8's "
+                   f"output {p['last_block_output']:.1g}, gradients {p['grads'][0]:.1g}) and the model cannot "
+                   f"learn ({p['loss']:.2f} nats after {steps} steps); with an init that keeps the scale it "
+                   f"learns, but reaches {q['loss']:.2f} against {r['loss']:.2f} with residuals, whose identity "
+                   f"path also keeps every block's gradient alike (block 1 / block 8: {r['first_over_last']:.2g} "
+                   f"vs {q['first_over_last']:.2g}).")
+
+
+@torch.no_grad()
+def _last_block_scale(model: nn.Module, batch: tuple) -> float:
+    """Mean |activation| coming out of the last block for one batch."""
+    seen = []
+    hook = model.model.layers[-1].register_forward_hook(lambda module, args, output: seen.append(output))
+    model(batch[0])
+    hook.remove()
+    return seen[0].abs().mean().item()
 
 
 # ---- 6. pre-norm vs post-norm ----------------------------------------------------------------------
@@ -840,4 +866,6 @@ EXPERIMENTS = (
                decoder_only),
     Experiment("rmsnorm-vs-layernorm", "architecture",
                "RMSNorm vs LayerNorm: is it faster, and is the loss the same?", rmsnorm_vs_layernorm),
+    Experiment("residual-connections", "architecture",
+               "What do residual connections do: train a deep stack with and without them?", residual_connections),
 )
