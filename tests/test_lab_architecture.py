@@ -48,3 +48,11 @@ def test_without_residuals_a_deep_stack_loses_its_signal_or_trains_worse():
     assert plain["loss"] > 5.0  # so it stays at the uniform guess, ln 256 = 5.55
     assert fan_in["loss"] > residual["loss"] + 0.3  # a scale-keeping init learns, but worse
     assert 0.5 < residual["first_over_last"] < 2 and fan_in["first_over_last"] > 3  # residuals even out gradients
+
+
+def test_post_norm_starts_with_smaller_even_gradients_and_is_behind_in_a_short_run():
+    f = facts("pre-vs-post-norm")
+    post = f["post"]
+    assert f["pre_over_post_grad"] > 10  # post-norm's blocks start with much smaller gradients ...
+    assert 0.5 < post["first_over_last"] < 2  # ... but evenly: nothing vanishes towards block 1 at 8 layers
+    assert f["ahead"] == "pre" and min(f["post_minus_pre"]) > 0.1  # 40 steps at lr 1e-2

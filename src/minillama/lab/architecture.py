@@ -567,7 +567,7 @@ def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
     from minillama.model import MiniLlama
 
     layers = 8
-    steps = 60 if quick else 150
+    steps = 40 if quick else 100
     rates = (1e-2,) if quick else (3e-3, 1e-2)
     data, valid = story_bytes("train", 1_500_000), story_bytes("val")
     batch = next(_windows(data, BATCH, SEQ, 5))
@@ -605,15 +605,23 @@ def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
         return fig
 
     pre, post = facts["pre"], facts["post"]
-    high = str(rates[-1])
-    better = "post" if post["loss"][high] < pre["loss"][high] else "pre"
+    facts["pre_over_post_grad"] = pre["grads"][0] / post["grads"][0]
+    losses = "; ".join(f"lr {lr:g}: {pre['loss'][str(lr)]:.2f} (pre) vs {post['loss'][str(lr)]:.2f} (post)"
+                       for lr in rates)
+    ahead = {("pre" if pre["loss"][str(lr)] < post["loss"][str(lr)] else "post") for lr in rates}
+    facts["ahead"] = ahead.pop() if len(ahead) == 1 else None
+    leader = f"{facts['ahead']}-norm is ahead at every rate" if facts["ahead"] else "neither is ahead at every rate"
+    gap = [post["loss"][str(lr)] - pre["loss"][str(lr)] for lr in rates]
+    facts["post_minus_pre"] = gap
     return LabResult(
         columns, rows, figure=_figure(out, "pre-vs-post-norm", draw), facts=facts,
-        conclusion=f"At init post-norm's gradient shrinks towards the first block (block 1 / block 8: "
-                   f"{post['first_over_last']:.2g} vs {pre['first_over_last']:.2g} for pre-norm), the known reason "
-                   f"deep post-norm stacks need warmup; at this depth and length the losses at lr {rates[-1]:g} "
-                   f"are {pre['loss'][high]:.2f} (pre) and {post['loss'][high]:.2f} (post), {better}-norm ahead, "
-                   "so at small scale the difference is in the gradients more than in the loss.")
+        conclusion=f"In this 8-layer byte model after {steps} steps (with the lab loop's short warmup) {leader} "
+                   f"({losses}). Post-norm's blocks start with {facts['pre_over_post_grad']:.0f}x smaller gradients, "
+                   f"evenly across depth (block 1 / block 8: {post['first_over_last']:.2g}; pre-norm's final norm "
+                   "rescales a residual stream still at the embedding's small scale), so the textbook picture of "
+                   "post-norm's gradients vanishing towards the input does not show at 8 layers; the longer study "
+                   "in docs/attention.md (300 steps, BPE tokens) found post-norm ahead: at this scale the ranking "
+                   "depends on the run.")
 
 
 # ---- 7. FFN width ----------------------------------------------------------------------------------
@@ -868,4 +876,6 @@ EXPERIMENTS = (
                "RMSNorm vs LayerNorm: is it faster, and is the loss the same?", rmsnorm_vs_layernorm),
     Experiment("residual-connections", "architecture",
                "What do residual connections do: train a deep stack with and without them?", residual_connections),
+    Experiment("pre-vs-post-norm", "architecture",
+               "Pre-norm or post-norm: where should the norm sit?", pre_vs_post_norm),
 )
