@@ -56,3 +56,9 @@ def test_post_norm_starts_with_smaller_even_gradients_and_is_behind_in_a_short_r
     assert f["pre_over_post_grad"] > 10  # post-norm's blocks start with much smaller gradients ...
     assert 0.5 < post["first_over_last"] < 2  # ... but evenly: nothing vanishes towards block 1 at 8 layers
     assert f["ahead"] == "pre" and min(f["post_minus_pre"]) > 0.1  # 40 steps at lr 1e-2
+
+
+def test_a_wider_ffn_reaches_a_lower_loss_at_equal_steps():
+    f = facts("ffn-width")
+    assert f["factors"][0] < f["factors"][-1] and f["params"] == sorted(f["params"])
+    assert f["loss"][-1] < f["loss"][0] - 0.05  # 4x the hidden size against 0.5x

@@ -631,8 +631,8 @@ def ffn_width(out: Path | None, quick: bool) -> LabResult:
     seed = torch.initial_seed()  # each model starts from the same init (run_experiment's seed)
     from minillama.model import MiniLlama
 
-    factors = (0.5, 1, 4) if quick else (0.5, 1, 2, 4, 8)
-    steps, hidden = (150, 64) if quick else (300, 64)
+    factors = (0.5, 4) if quick else (0.5, 1, 2, 4, 8)
+    steps, hidden = (150, 64) if quick else (250, 64)
     data, valid = story_bytes("train", 1_500_000), story_bytes("val")
     rows, facts = [], {"factors": list(factors), "loss": [], "params": []}
     for factor in factors:
@@ -659,12 +659,20 @@ def ffn_width(out: Path | None, quick: bool) -> LabResult:
         return fig
 
     loss = facts["loss"]
+    trend = "falls with every widening" if loss == sorted(loss, reverse=True) else "falls overall, not at every step"
+    measured = ", ".join(f"{l:.3f} at {f:g}x" for f, l in zip(factors, loss))
+    params = facts["params"]
+    per_param = [(a - b) / (q - p) * 1e4 for a, b, p, q in zip(loss, loss[1:], params, params[1:])]
+    facts["gain_per_10k_params"] = per_param
+    shrinking = per_param[-1] < per_param[0]
+    tail = ("the gain per parameter shrinks as it grows" if shrinking else
+            "in this short run the gain per parameter does not yet shrink")
     return LabResult(
         columns, rows, figure=_figure(out, "ffn-width", draw), facts=facts,
-        conclusion=f"A wider FFN buys loss with parameters: {loss[0]:.2f} nats at {factors[0]:g}x the hidden size, "
-                   f"{loss[factors.index(4)]:.2f} at 4x, {loss[-1]:.2f} at {factors[-1]:g}x, each doubling gaining "
-                   "less; the FFN is where a block stores what it learns (two thirds of its weights at 8/3x), "
-                   "and it must contract back to the residual width that every block reads and writes.")
+        conclusion=f"At equal steps the loss {trend} ({measured} the hidden size): expanding gives each block "
+                   "more weights to store what it learns (the FFN holds two thirds of a LLaMA block's weights at "
+                   "its usual 8/3x), and the output must contract back to the residual width that every block "
+                   f"reads and writes; {tail}.")
 
 
 # ---- 8. positions and RoPE -------------------------------------------------------------------------
@@ -878,4 +886,6 @@ EXPERIMENTS = (
                "What do residual connections do: train a deep stack with and without them?", residual_connections),
     Experiment("pre-vs-post-norm", "architecture",
                "Pre-norm or post-norm: where should the norm sit?", pre_vs_post_norm),
+    Experiment("ffn-width", "architecture",
+               "Why does the FFN expand then contract, and how wide should it be?", ffn_width),
 )
