@@ -62,3 +62,11 @@ def test_a_wider_ffn_reaches_a_lower_loss_at_equal_steps():
     f = facts("ffn-width")
     assert f["factors"][0] < f["factors"][-1] and f["params"] == sorted(f["params"])
     assert f["loss"][-1] < f["loss"][0] - 0.05  # 4x the hidden size against 0.5x
+
+
+def test_rope_is_relative_and_a_model_without_positions_cannot_copy():
+    f = facts("positions")
+    assert f["rope_same_offset_spread"] < 1e-4 < 0.1 < f["rope_across_offsets_spread"]  # q·k depends on m - n only
+    copy = f["copy"]
+    assert copy["RoPE"] < 0.1 and copy["learned absolute"] < 0.3  # positions: the copy is learned
+    assert copy["none"] > f["copy_set_only"] - 0.3  # none: at best the set of symbols, far from the copy
