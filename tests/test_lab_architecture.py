@@ -70,3 +70,12 @@ def test_rope_is_relative_and_a_model_without_positions_cannot_copy():
     copy = f["copy"]
     assert copy["RoPE"] < 0.1 and copy["learned absolute"] < 0.3  # positions: the copy is learned
     assert copy["none"] > f["copy_set_only"] - 0.3  # none: at best the set of symbols, far from the copy
+
+
+def test_batchnorm_makes_a_sequence_depend_on_its_batch_and_future_and_layernorm_does_not():
+    f = facts("batchnorm-vs-layernorm")
+    ln, bn = f["LayerNorm"], f["BatchNorm"]
+    for what in ("batchmates", "padding", "future", "train_vs_eval"):
+        assert ln[what] < 1e-4 and bn[what] > 1e-3, what
+    assert bn["batchmates"] > 0.5 and bn["padding"] > 0.5 and bn["train_vs_eval"] > 0.5
+    assert bn["eval_loss"] > ln["eval_loss"] + 0.03 and bn["eval_loss"] > bn["train_mode_loss"]

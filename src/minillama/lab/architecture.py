@@ -837,9 +837,14 @@ def batchnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
         eval_loss = _val_loss(model, valid)
         model.train()  # train mode: normalised with the batch's own statistics, as during training
         with torch.no_grad():
-            train_mode_loss = sum(_lm_loss(model, b).item()
-                                  for _, b in zip(range(16), _windows(valid, batch, SEQ, 1))) / 16
+            # the same held-out windows as `_val_loss`, in batches of the training size
+            held_out = [b for _, b in zip(range(4), _windows(valid, 64, SEQ, 1))]
+            train_mode_loss = sum(_lm_loss(model, (x[i:i + batch], y[i:i + batch])).item()
+                                  for x, y in held_out for i in range(0, 64, batch)) / (4 * 64 // batch)
             alone = model(probe).logits[0]
+            future = probe.clone()  # sequence 0's bytes from position 32 on replaced
+            future[0, SEQ // 2:] = torch.roll(future[0, SEQ // 2:], 1)
+            with_future = model(future).logits[0, :SEQ // 2]
             mates = model(torch.cat([probe[:1], other[1:]])).logits[0]
             padded = probe.clone()  # the batchmates right-padded after 16 bytes (byte 0 as the pad)
             padded[1:, 16:] = 0
@@ -850,10 +855,13 @@ def batchnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
         facts[name] = {"batchmates": (alone - mates).abs().max().item(),
                        "padding": (alone - with_padding).abs().max().item(),
                        "train_vs_eval": (alone - eval_mode).abs().max().item(),
+                       "future": (alone[:SEQ // 2] - with_future).abs().max().item(),
                        "eval_loss": eval_loss, "train_mode_loss": train_mode_loss}
         f = facts[name]
-        rows.append([name, f["batchmates"], f["padding"], f["train_vs_eval"], train_mode_loss, eval_loss])
-    columns = ["norm", "max logit change: other batchmates", "... batchmates padded", "... train vs eval mode",
+        rows.append([name, f["batchmates"], f["padding"], f["future"], f["train_vs_eval"], train_mode_loss,
+                     eval_loss])
+    columns = ["norm", "max logit change: other batchmates", "... batchmates padded",
+               "... own later bytes changed (earlier positions)", "... train vs eval mode",
                f"val loss, train mode (batch {batch})", "val loss, eval mode"]
 
     def draw(plt):
@@ -870,10 +878,12 @@ def batchnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
     return LabResult(
         columns, rows, figure=_figure(out, "batchnorm-vs-layernorm", draw), facts=facts,
         conclusion=f"With BatchNorm a sequence's logits move by up to {bn['batchmates']:.2g} when its batchmates "
-                   f"change and {bn['padding']:.2g} when they are padded, and train and eval mode disagree by "
-                   f"{bn['train_vs_eval']:.2g} (LayerNorm: {ln['batchmates']:.1g}, {ln['padding']:.1g}, "
-                   f"{ln['train_vs_eval']:.1g}); in eval mode, as it would generate, the BatchNorm model's loss "
-                   f"is {bn['eval_loss']:.2f} vs {ln['eval_loss']:.2f} nats for LayerNorm (batch {batch}): a "
+                   f"change, {bn['padding']:.2g} when they are padded, {bn['future']:.2g} at earlier positions when "
+                   f"its own later bytes change (the future leaks through the batch statistics), and train and eval "
+                   f"mode disagree by {bn['train_vs_eval']:.2g} (LayerNorm: {ln['batchmates']:.1g}, "
+                   f"{ln['padding']:.1g}, {ln['future']:.1g}, {ln['train_vs_eval']:.1g}); in eval mode, as it would "
+                   f"generate, the BatchNorm model's loss is {bn['eval_loss']:.2f} (train mode "
+                   f"{bn['train_mode_loss']:.2f}) vs {ln['eval_loss']:.2f} nats for LayerNorm (batch {batch}): a "
                    "token's normalisation should not depend on other sequences, or on its own future.")
 
 
@@ -898,4 +908,6 @@ EXPERIMENTS = (
     Experiment("positions", "architecture",
                "Why are positions needed, and what does RoPE give (relative positions, absolute vs RoPE vs "
                "none)?", positions),
+    Experiment("batchnorm-vs-layernorm", "architecture",
+               "Why LayerNorm and not BatchNorm for sequences?", batchnorm_vs_layernorm),
 )
