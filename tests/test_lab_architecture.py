@@ -21,7 +21,7 @@ def test_larger_vocabularies_shorten_text_less_and_leave_more_tokens_rare():
 
 def test_the_model_learns_where_eos_goes_and_an_unseen_special_token_keeps_its_embedding():
     f = facts("special-tokens")
-    assert f["story_ends"] > 50 * f["everywhere_else"] and f["other_line_ends"] > 50 * f["everywhere_else"]
+    assert f["story_ends"] > 10 * f["everywhere_else"] and f["other_line_ends"] > 10 * f["everywhere_else"]
     assert f["unused_embedding_change"] == 0.0 and f["seen_embedding_change"] > 0.1  # no gradient reaches it
     assert f["p_unused_after"] < f["p_unused_before"] / 100  # but the head learns never to predict it
 
