@@ -3,6 +3,268 @@ speculative decoding, ZeRO memory, and pointers to the quantization and extrapol
 
 from __future__ import annotations
 
-from minillama.lab.registry import Experiment
+import copy
+import math
+from pathlib import Path
 
-EXPERIMENTS: tuple[Experiment, ...] = ()
+import torch
+
+from minillama.errors import MiniLlamaError
+from minillama.lab.common import fit, mean_loss, random_windows, story_bytes
+from minillama.lab.registry import Experiment, LabResult
+from minillama.model import MiniLlama, ModelConfig
+
+
+# ---- shared: a small byte-level MiniLlama trained for a few steps on the shipped stories ------------
+def byte_config(**overrides) -> ModelConfig:
+    """The `debug` preset (vocabulary 256 = bytes, 2 layers, width 64), any field overridden."""
+    return ModelConfig.from_preset("debug", **overrides)
+
+
+def lm_loss(model: MiniLlama, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Next-token loss of (inputs, targets) through the model's fused head (targets already shifted)."""
+    inputs, targets = batch
+    return model(inputs, targets=targets).loss
+
+
+def trained_byte_model(steps: int, seed: int = 0, seq: int = 64, batch: int = 16) -> MiniLlama:
+    """A `byte_config()` MiniLlama after `steps` AdamW steps on the shipped stories (deterministic)."""
+    torch.manual_seed(seed)
+    model = MiniLlama(byte_config())
+    batches = random_windows(story_bytes("train", 400_000), batch, seq, torch.Generator().manual_seed(seed))
+    fit(model, lm_loss, batches, steps, lr=3e-3)
+    return model
+
+
+def held_out(seq: int = 64, batch: int = 16, count: int = 4, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed list of validation batches, so every model in an experiment is measured on the same text."""
+    windows = random_windows(story_bytes("val", 200_000), batch, seq, torch.Generator().manual_seed(seed))
+    return [next(windows) for _ in range(count)]
+
+
+def _plot(out: Path | None, name: str, draw, figsize=(9, 3.5)) -> Path | None:
+    """Draw with `draw(plt, fig)` into out/NAME.png (None without --out or matplotlib)."""
+    if out is None:
+        return None
+    from minillama.train.metrics import pyplot, save_figure
+
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig = plt.figure(figsize=figsize, dpi=110)
+    draw(plt, fig)
+    return save_figure(fig, out / f"{name}.png")
+
+
+# ---- 1. parameter count ----------------------------------------------------------------------------
+def llama_parameter_formula(vocab: int, hidden: int, intermediate: int, layers: int, heads: int,
+                            kv_heads: int, head_dim: int, tied: bool, qkv_bias: bool = False) -> dict[str, int]:
+    """LLaMA's parameters by hand: embedding V·C; per layer attention C·H·D (q) + 2·C·K·D (k, v, GQA)
+    + H·D·C (o) [+ (H + 2K)·D biases, Qwen2], SwiGLU 3·C·I, two RMSNorm weights 2·C; a final norm C;
+    an untied head V·C."""
+    C, H, K, D = hidden, heads, kv_heads, head_dim
+    attention = C * H * D + 2 * C * K * D + H * D * C + ((H + 2 * K) * D if qkv_bias else 0)
+    mlp, norms = 3 * C * intermediate, 2 * C
+    parts = {"embeddings": vocab * C, "attention": layers * attention, "mlp": layers * mlp,
+             "norms": layers * norms + C, "head": 0 if tied else vocab * C}
+    return {**parts, "total": sum(parts.values())}
+
+
+def gpt2_parameter_formula(vocab: int, positions: int, hidden: int, layers: int) -> dict[str, int]:
+    """GPT-2's parameters by hand: token V·C + learned positions P·C; per layer attention
+    C·3C + 3C (c_attn, with bias) + C·C + C (c_proj), MLP C·4C + 4C + 4C·C + C, two LayerNorms 2·2C
+    (weight and bias); a final LayerNorm 2C; the head is tied to the token embedding (0)."""
+    C = hidden
+    attention = C * 3 * C + 3 * C + C * C + C
+    mlp = C * 4 * C + 4 * C + 4 * C * C + C
+    parts = {"embeddings": vocab * C + positions * C, "attention": layers * attention, "mlp": layers * mlp,
+             "norms": layers * 4 * C + 2 * C, "head": 0}
+    return {**parts, "total": sum(parts.values())}
+
+
+# name -> LlamaConfig-style shape (LLaMA-7B: Touvron et al. 2023; Llama-3-8B: GQA with 8 KV heads)
+LLAMA_SHAPES = {
+    "LLaMA-7B": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False),
+    "Llama-3-8B (GQA)": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                             num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
+}
+GPT2_SHAPES = {"GPT-2 124M": dict(n_embd=768, n_layer=12, n_head=12),
+               "GPT-2 355M": dict(n_embd=1024, n_layer=24, n_head=16)}
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
+
+
+def _installed(*modules: str) -> bool:
+    """Whether the optional references (transformers, peft: `pip install minillama[dev]`) are there."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(module) is not None for module in modules)
+
+
+def parameter_count(out: Path | None, quick: bool) -> LabResult:
+    """Count by formula, then build the real models on the meta device (shapes, no memory, no
+    download) and count their tensors: transformers' GPT2LMHeadModel / LlamaForCausalLM and our MiniLlama."""
+    from minillama.model import PRESETS
+
+    if not _installed("transformers"):
+        raise MiniLlamaError("parameter-count compares against transformers' models: pip install transformers")
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    rows, facts, shares = [], {}, {}
+    for name, shape in GPT2_SHAPES.items():
+        hf = GPT2Config(**shape)  # vocab 50257, 1024 learned positions, tied head
+        formula = gpt2_parameter_formula(hf.vocab_size, hf.n_positions, hf.n_embd, hf.n_layer)
+        with torch.device("meta"):
+            reference = _count(GPT2LMHeadModel(hf))
+        facts[name] = {"formula": formula["total"], "ours": None, "transformers": reference}
+        shares[name] = formula
+        rows.append([name, formula["embeddings"], formula["attention"], formula["mlp"], formula["norms"],
+                     formula["head"], formula["total"], "-", reference, formula["total"] == reference])
+    presets = ("stories15M", "tiny") if quick else ("stories15M", "stories110M", "tiny", "tinyllm")
+    shapes = {**LLAMA_SHAPES, **{name: PRESETS[name] for name in presets}}
+    for name, shape in shapes.items():
+        config = ModelConfig(**shape)
+        formula = llama_parameter_formula(config.vocab_size, config.hidden_size, config.intermediate_size,
+                                          config.num_hidden_layers, config.num_attention_heads,
+                                          config.num_key_value_heads, config.head_dim, config.tie_word_embeddings)
+        keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "tie_word_embeddings")
+        hf = LlamaConfig(**{key: getattr(config, key) for key in keys})
+        with torch.device("meta"):
+            ours = MiniLlama(config, init=False).num_parameters()
+            reference = _count(LlamaForCausalLM(hf))
+        facts[name] = {"formula": formula["total"], "ours": ours, "transformers": reference}
+        shares[name] = formula
+        rows.append([name, formula["embeddings"], formula["attention"], formula["mlp"], formula["norms"],
+                     formula["head"], formula["total"], ours, reference,
+                     formula["total"] == ours == reference])
+    figure = _plot(out, "parameter-count", lambda plt, fig: _draw_shares(fig, shares), figsize=(8, 4))
+    return LabResult(
+        ["model", "embeddings", "attention", "MLP", "norms", "head (untied)", "formula", "MiniLlama (meta)",
+         "transformers (meta)", "equal"], rows, figure=figure, facts=facts,
+        conclusion="The hand formula equals the real count for every shape (GPT-2 124M is 124,439,808 with its "
+                   "tied head; LLaMA-7B is 6,738,415,616): big models are mostly MLP and attention "
+                   "(12·L·C² for GPT-2), while in small ones like stories15M the embedding is a large share.")
+
+
+def _draw_shares(fig, shares: dict[str, dict[str, int]]) -> None:
+    ax = fig.add_subplot(1, 1, 1)
+    names = list(shares)
+    left = [0.0] * len(names)
+    for part in ("embeddings", "head", "attention", "mlp", "norms"):
+        widths = [shares[n][part] / shares[n]["total"] for n in names]
+        ax.barh(names, widths, left=left, label=part)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.invert_yaxis()
+    ax.set_xlabel("share of parameters")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+
+
+# ---- 2. LoRA ------------------------------------------------------------------------------------
+def lora_parameter_formula(config: ModelConfig, r: int, targets: tuple[str, ...]) -> int:
+    """r·(d_in + d_out) per adapted matrix (A is r×d_in, B is d_out×r), summed over layers."""
+    C, I, H, K, D = (config.hidden_size, config.intermediate_size, config.num_attention_heads,
+                     config.num_key_value_heads, config.head_dim)
+    shapes = {"q_proj": (C, H * D), "k_proj": (C, K * D), "v_proj": (C, K * D), "o_proj": (H * D, C),
+              "gate_proj": (C, I), "up_proj": (C, I), "down_proj": (I, C)}
+    return config.num_hidden_layers * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
+
+
+def _peft_trainable(config: ModelConfig, r: int, targets: tuple[str, ...]) -> int | None:
+    """The reference: peft's LoRA on transformers' LlamaForCausalLM of the same shape (meta device);
+    None when peft is not installed."""
+    import warnings
+
+    if not _installed("peft", "transformers"):
+        return None
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "tie_word_embeddings")
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers API renamed in 5.x
+        model = get_peft_model(LlamaForCausalLM(LlamaConfig(**{key: getattr(config, key) for key in keys})),
+                               LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets)))
+    return model.get_nb_trainable_parameters()[0]
+
+
+def lora(out: Path | None, quick: bool) -> LabResult:
+    """Count the adapters of finetune/lora.py against the formula; then, on a trained byte model, show
+    that B = 0 leaves the model unchanged while a random B moves the loss, and that the first
+    gradient reaches B (A's gradient is B^T·(...) = 0)."""
+    from minillama.finetune.lora import LoRAConfig, add_lora, lora_layers, trainable_parameters
+
+    r = 8
+    rows, facts = [], {"counts": {}}
+    target_sets = {"q,v": ("q_proj", "v_proj"), "q,k,v,o": ("q_proj", "k_proj", "v_proj", "o_proj"),
+                   "all 7": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+    for shape in ("stories15M", "LLaMA-7B"):
+        config = ModelConfig(**LLAMA_SHAPES[shape]) if shape in LLAMA_SHAPES else ModelConfig.from_preset(shape)
+        for label, targets in target_sets.items():
+            with torch.device("meta"):
+                model = MiniLlama(config, init=False)
+                add_lora(model, LoRAConfig(r=r, targets=targets))
+            trainable, total = trainable_parameters(model)
+            formula = lora_parameter_formula(config, r, targets)
+            reference = _peft_trainable(config, r, targets)
+            facts["counts"][f"{shape} {label}"] = {"formula": formula, "real": trainable, "peft": reference,
+                                                   "total": total}
+            rows.append([f"{shape}, r={r}, {label}", formula, trainable, reference, trainable / total,
+                         formula == trainable and reference in (None, formula)])
+
+    base = trained_byte_model(150, batch=8) if quick else trained_byte_model(300)
+    batches = held_out()
+    base_loss = mean_loss(base, lm_loss, iter(batches), len(batches))
+    with torch.no_grad():
+        base_logits = base(batches[0][0]).logits
+    adapted = copy.deepcopy(base)
+    add_lora(adapted, LoRAConfig(r=r, targets=target_sets["all 7"]))
+    with torch.no_grad():
+        identical = (adapted(batches[0][0]).logits - base_logits).abs().max().item()
+    zero_loss = mean_loss(adapted, lm_loss, iter(batches), len(batches))
+    adapted.train()
+    lm_loss(adapted, batches[0]).backward()
+    grad_a = sum(m.lora_A.weight.grad.norm().item() for m in lora_layers(adapted).values())
+    grad_b = sum(m.lora_B.weight.grad.norm().item() for m in lora_layers(adapted).values())
+    random_losses = []
+    for seed in range(3):
+        noisy = copy.deepcopy(base)
+        add_lora(noisy, LoRAConfig(r=r, targets=target_sets["all 7"]))
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for module in lora_layers(noisy).values():  # B initialised like A (nn.Linear's default)
+                bound = 1 / math.sqrt(r)
+                module.lora_B.weight.uniform_(-bound, bound, generator=generator)
+        random_losses.append(mean_loss(noisy, lm_loss, iter(batches), len(batches)))
+    random_loss = sum(random_losses) / len(random_losses)
+    facts.update(base_loss=base_loss, zero_b_loss=zero_loss, zero_b_max_logit_diff=identical,
+                 random_b_loss=random_loss, random_b_losses=random_losses, grad_A=grad_a, grad_B=grad_b)
+    blank = [""] * 4
+    rows += [["byte model: base", *blank, f"loss {base_loss:.4f}"],
+             ["+ LoRA (all 7), B = 0", *blank, f"loss {zero_loss:.4f} (largest logit change {identical:.1e})"],
+             ["+ LoRA (all 7), B random", *blank, f"loss {random_loss:.4f} (mean of 3 seeds)"],
+             ["first gradient (B = 0)", *blank, f"norm dA {grad_a:.1e}, norm dB {grad_b:.3g}"]]
+    return LabResult(
+        ["adapters", "formula r·(in+out)·L", "finetune/lora.py", "peft (meta)", "trainable fraction",
+         "equal / measured"],
+        rows, facts=facts,
+        conclusion=f"LoRA's count is r·(d_in+d_out) per adapted matrix (all seven of LLaMA-7B's at r=8: "
+                   f"{facts['counts']['LLaMA-7B all 7']['real'] / facts['counts']['LLaMA-7B all 7']['total']:.2%} "
+                   f"of the weights); with B = 0 the adapted model is the base model exactly (loss "
+                   f"{base_loss:.3f} both) and the first gradient reaches B, while a random B jumps the loss to "
+                   f"{random_loss:.3f} before any training.")
+
+
+EXPERIMENTS = (
+    Experiment("parameter-count", "training",
+               "How many parameters do GPT-2 and LLaMA shapes have, by hand and in the real models?",
+               parameter_count),
+    Experiment("lora", "training",
+               "How many parameters does LoRA train, where do adapters go, and why does B start at zero?", lora),
+)
