@@ -28,3 +28,15 @@ def test_lora_counts_and_b_starts_at_zero():
     assert f["grad_A"] == 0.0 and f["grad_B"] > 0  # the first step moves B only
     assert all(loss > f["base_loss"] + 0.1 for loss in f["random_b_losses"])  # a random B jumps the loss
     assert f["base_loss"] < math.log(256) - 1  # the base model did learn something
+
+
+def test_init_std_small_is_uniform_large_is_worse_and_residual_scaling_holds_depth():
+    f = facts("init-std")
+    small, good, large = f["0.002"], f["0.02"], f["1.0"]
+    assert abs(small["initial"] - f["ln_vocab"]) < 0.05 and abs(good["initial"] - f["ln_vocab"]) < 0.1
+    assert large["initial"] > 3 * f["ln_vocab"]  # huge logits: confidently wrong
+    assert small["grad"] < good["grad"] < large["grad"]
+    assert good["final"] < small["final"] - 0.2  # too small: stuck longer on the plateau
+    assert good["final"] < large["final"] - 0.1 and math.isfinite(large["final"])
+    scaled, plain = f["residual_growth"]["scaled"], f["residual_growth"]["plain"]
+    assert max(scaled) < 1.2 and plain[-1] > 2 * scaled[-1] and plain[-1] > plain[0]

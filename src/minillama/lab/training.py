@@ -27,12 +27,22 @@ def lm_loss(model: MiniLlama, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
     return model(inputs, targets=targets).loss
 
 
-def trained_byte_model(steps: int, seed: int = 0, seq: int = 64, batch: int = 16) -> MiniLlama:
-    """A `byte_config()` MiniLlama after `steps` AdamW steps on the shipped stories (deterministic)."""
-    torch.manual_seed(seed)
-    model = MiniLlama(byte_config())
-    batches = random_windows(story_bytes("train", 400_000), batch, seq, torch.Generator().manual_seed(seed))
-    fit(model, lm_loss, batches, steps, lr=3e-3)
+def lab_seed() -> int:
+    """The seed `run_experiment` (`minillama lab --seed`) gave torch, for the experiment's own generators."""
+    return torch.initial_seed() % 2**31
+
+
+def story_batches(batch: int, seq: int, seed: int | None = None):
+    """Endless (inputs, targets) byte windows of the shipped training stories."""
+    seed = lab_seed() if seed is None else seed
+    return random_windows(story_bytes("train", 400_000), batch, seq, torch.Generator().manual_seed(seed))
+
+
+def trained_byte_model(steps: int, seq: int = 64, batch: int = 16, **overrides) -> MiniLlama:
+    """A `byte_config(**overrides)` MiniLlama after `steps` AdamW steps on the shipped stories."""
+    model = MiniLlama(byte_config(**overrides), init=False)
+    model.init_weights(torch.Generator().manual_seed(lab_seed()))
+    fit(model, lm_loss, story_batches(batch, seq), steps, lr=3e-3)
     return model
 
 
@@ -261,10 +271,92 @@ def lora(out: Path | None, quick: bool) -> LabResult:
                    f"{random_loss:.3f} before any training.")
 
 
+# ---- 3. initialisation ------------------------------------------------------------------------
+def _residual_growth(layers: int, std: float, scaled: bool, inputs: torch.Tensor) -> float:
+    """std of the residual stream entering the final norm / std of the embedding, at init. `scaled`:
+    MiniLlama's own init_weights (o_proj, down_proj at std / sqrt(2 L)); else every matrix at std."""
+    model = MiniLlama(byte_config(num_hidden_layers=layers, initializer_range=std), init=False)
+    model.init_weights(torch.Generator().manual_seed(lab_seed()))
+    if not scaled:
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if name.endswith(("o_proj", "down_proj")):
+                    module.weight.normal_(0.0, std, generator=torch.Generator().manual_seed(lab_seed() + 1))
+    seen = {}
+    hook = model.model.norm.register_forward_pre_hook(lambda module, args: seen.update(x=args[0]))
+    with torch.no_grad():
+        model(inputs)
+        embedded = model.model.embed_tokens(inputs)
+    hook.remove()
+    return (seen["x"].std() / embedded.std()).item()
+
+
+def init_std(out: Path | None, quick: bool) -> LabResult:
+    """Train the same byte model from Normal(0, std) weights for several std: the initial loss against
+    ln(vocab), the gradient at init, the loss after N steps; then the residual stream's growth with
+    depth with and without MiniLlama's scaled residual init."""
+    stds = (0.002, 0.02, 1.0) if quick else (0.002, 0.02, 0.2, 1.0)
+    steps, batch = (150, 8) if quick else (250, 8)
+    val = held_out()
+    rows, curves, facts = [], {}, {"ln_vocab": math.log(256), "std": list(stds)}
+    for std in stds:
+        model = MiniLlama(byte_config(initializer_range=std), init=False)
+        model.init_weights(torch.Generator().manual_seed(lab_seed()))
+        initial = mean_loss(model, lm_loss, iter(val), len(val))
+        model.train()
+        lm_loss(model, val[0]).backward()
+        grad = math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters()))
+        model.zero_grad(set_to_none=True)
+        curves[std] = fit(model, lm_loss, story_batches(batch, 64), steps, lr=3e-3)
+        final = mean_loss(model, lm_loss, iter(val), len(val))
+        facts[str(std)] = {"initial": initial, "grad": grad, "final": final}
+        rows.append([f"std {std}", initial, grad, final])
+    inputs = val[0][0]
+    depths = (2, 8) if quick else (2, 8, 32)
+    growth = {kind: [_residual_growth(layers, 0.02, kind == "scaled", inputs) for layers in depths]
+              for kind in ("scaled", "plain")}
+    facts.update(depths=list(depths), residual_growth=growth)
+    rows += [[f"{layers} layers, std 0.02: residual std / embedding std", "", "",
+              f"{growth['scaled'][i]:.2f} scaled (std/sqrt(2L)) vs {growth['plain'][i]:.2f} plain"]
+             for i, layers in enumerate(depths)]
+    best = min(stds, key=lambda std: facts[str(std)]["final"])
+
+    def draw(plt, fig):
+        ax = fig.add_subplot(1, 2, 1)
+        for std, losses in curves.items():
+            ax.plot(losses, label=f"std {std}")
+        ax.axhline(math.log(256), color="gray", ls=":", label="ln(256)")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.legend(fontsize=8)
+        ax = fig.add_subplot(1, 2, 2)
+        for kind, values in growth.items():
+            ax.plot(depths, values, "o-", label=kind)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("layers")
+        ax.set_ylabel("residual std / embedding std (init)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+
+    return LabResult(
+        ["init", "initial loss", "gradient norm at init", f"val loss after {steps} steps"], rows,
+        figure=_plot(out, "init-std", draw), facts=facts,
+        conclusion=f"Small std starts at ln(256) = {math.log(256):.2f} (uniform predictions) but 0.002 learns "
+                   f"slowest (tiny gradients: {facts['0.002']['grad']:.2g}); std 1.0 starts at loss "
+                   f"{facts['1.0']['initial']:.1f} and is still behind after {steps} steps (AdamW with clipping "
+                   f"keeps it from diverging); the best here is {best} (width 64: 1/sqrt(64) = 0.125), and "
+                   f"scaling the residual projections by 1/sqrt(2L) keeps the residual stream's size "
+                   f"independent of depth.")
+
+
 EXPERIMENTS = (
     Experiment("parameter-count", "training",
                "How many parameters do GPT-2 and LLaMA shapes have, by hand and in the real models?",
                parameter_count),
     Experiment("lora", "training",
                "How many parameters does LoRA train, where do adapters go, and why does B start at zero?", lora),
+    Experiment("init-std", "training",
+               "How should pretraining initialise the weights (std sweep: loss, divergence, residual scaling)?",
+               init_std),
 )
