@@ -40,3 +40,11 @@ def test_init_std_small_is_uniform_large_is_worse_and_residual_scaling_holds_dep
     assert good["final"] < large["final"] - 0.1 and math.isfinite(large["final"])
     scaled, plain = f["residual_growth"]["scaled"], f["residual_growth"]["plain"]
     assert max(scaled) < 1.2 and plain[-1] > 2 * scaled[-1] and plain[-1] > plain[0]
+
+
+def test_sft_mask_learns_answers_as_well_but_not_the_prompts():
+    f = facts("sft-mask")
+    init, full, sft = f["init"], f["pretraining-style (all tokens)"], f["SFT (answer only)"]
+    assert 0.05 < f["learned_fraction"] < 0.5
+    assert sft["answer"] < init["answer"] - 2 and sft["answer"] < full["answer"] + 0.1  # as good on answers
+    assert sft["prompt"] > full["prompt"] + 0.25  # but not trained on the prompts

@@ -350,6 +350,74 @@ def init_std(out: Path | None, quick: bool) -> LabResult:
                    f"independent of depth.")
 
 
+# ---- 4. pretraining vs SFT: the loss mask ------------------------------------------------------
+def chat_byte_tokenizer():
+    """A byte tokenizer (no merges) with the ChatML special tokens: 259 ids, enough for `render_chat`."""
+    from minillama.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer
+
+    return Tokenizer({i: bytes([i]) for i in range(256)}, [], DEFAULT_SPECIAL_TOKENS)
+
+
+def _sft_loss(model: MiniLlama, batch: dict[str, torch.Tensor], masked: bool) -> torch.Tensor:
+    """SFT: the rendered labels (-100 on system/user turns and headers); pretraining-style: every
+    real token is a label. The model shifts them (labels unshifted, transformers' convention)."""
+    labels = batch["labels"] if masked else batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+
+
+@torch.no_grad()
+def _answer_and_prompt_loss(model: MiniLlama, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Mean next-token loss on answer tokens (learned under the mask) and on the other real tokens."""
+    import torch.nn.functional as F
+
+    model.eval()
+    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets, labels = batch["input_ids"][:, 1:], batch["labels"][:, 1:]
+    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    answer = labels != -100
+    prompt = (batch["attention_mask"][:, 1:] == 1) & ~answer
+    return losses[answer].mean().item(), losses[prompt].mean().item()
+
+
+def sft_mask(out: Path | None, quick: bool) -> LabResult:
+    """GSM8K conversations rendered by the real chat template with the SFT mask (tokenize_conversations
+    -> render_chat), batched by the real pad_batch; the same byte model trained the same steps with
+    the mask (SFT) and without it (every token, as in pretraining), then measured on held-out
+    conversations separately on answer tokens and on prompt tokens."""
+    import logging
+
+    from minillama.finetune.batches import ExampleBatches, pad_batch
+    from minillama.finetune.sft_data import load_conversations, tokenize_conversations
+
+    tokenizer = chat_byte_tokenizer()
+    max_len, steps = (192, 100) if quick else (192, 160)
+    train, val = load_conversations("gsm8k")
+    logging.getLogger("minillama.finetune.sft_data").setLevel(logging.ERROR)  # "dropped" notes: expected
+    examples = tokenize_conversations(tokenizer, train[:1500], max_len)
+    val_batch = pad_batch(tokenize_conversations(tokenizer, val[:48], max_len), tokenizer.pad_token_id)
+    learned = sum(sum(label != -100 for label in e.labels) for e in examples) / sum(len(e.ids) for e in examples)
+    config = byte_config(vocab_size=len(tokenizer), max_position_embeddings=max_len)
+    rows, facts, curves = [], {"learned_fraction": learned}, {}
+    for name, masked in (("init", None), ("pretraining-style (all tokens)", False), ("SFT (answer only)", True)):
+        model = MiniLlama(config, init=False)
+        model.init_weights(torch.Generator().manual_seed(lab_seed()))
+        if masked is not None:
+            batches = ExampleBatches(examples, 8, lambda chunk: pad_batch(chunk, tokenizer.pad_token_id),
+                                     seed=lab_seed())
+            curves[name] = fit(model, lambda m, b, masked=masked: _sft_loss(m, b, masked), batches, steps)
+        answer, prompt = _answer_and_prompt_loss(model, val_batch)
+        facts[name] = {"answer": answer, "prompt": prompt}
+        rows.append([name, answer, prompt])
+    sft, full = facts["SFT (answer only)"], facts["pretraining-style (all tokens)"]
+    return LabResult(
+        ["trained on", "held-out answer loss", "held-out prompt loss"], rows, facts=facts,
+        conclusion=f"The mask changes what is learned: after {steps} equal steps the SFT model's answer loss "
+                   f"({sft['answer']:.2f}) is as good as the all-tokens model's ({full['answer']:.2f}) although only "
+                   f"{learned:.0%} of the tokens carry a label, but it is not trained to predict the prompts "
+                   f"(prompt loss {sft['prompt']:.2f} vs {full['prompt']:.2f}: it learns them only through what "
+                   f"they share with the answers).")
+
+
 EXPERIMENTS = (
     Experiment("parameter-count", "training",
                "How many parameters do GPT-2 and LLaMA shapes have, by hand and in the real models?",
@@ -359,4 +427,6 @@ EXPERIMENTS = (
     Experiment("init-std", "training",
                "How should pretraining initialise the weights (std sweep: loss, divergence, residual scaling)?",
                init_std),
+    Experiment("sft-mask", "training",
+               "Pretraining vs SFT: what does the loss mask on the prompt change?", sft_mask),
 )
