@@ -48,3 +48,16 @@ def test_sft_mask_learns_answers_as_well_but_not_the_prompts():
     assert 0.05 < f["learned_fraction"] < 0.5
     assert sft["answer"] < init["answer"] - 2 and sft["answer"] < full["answer"] + 0.1  # as good on answers
     assert sft["prompt"] > full["prompt"] + 0.25  # but not trained on the prompts
+
+
+def test_forgetting_the_shift_collapses_the_loss_and_breaks_generation():
+    f = facts("teacher-forcing")
+    good, bad = f["decoder-only, targets = tokens[1:]"], f["decoder-only, targets = inputs"]
+    assert bad["train_loss"] < 0.1 < good["train_loss"]  # copying the input is easy...
+    assert bad["next_token_loss"] > good["next_token_loss"] + 2  # ...and useless for the next token
+    assert bad["copy_rate"] > 0.9 > good["copy_rate"] + 0.3
+    assert f["labels_vs_targets_difference"] < 1e-4  # unshifted labels + shift in the loss = shifted targets
+    good, bad = f["enc-dec, decoder inputs = shift_right(labels)"], f["enc-dec, decoder inputs = labels"]
+    assert bad["train_loss"] < 0.05 and bad["teacher_forced_accuracy"] > 0.99
+    assert bad["free_running_accuracy"] < 0.3 < 0.5 < good["free_running_accuracy"]
+    assert good["free_running_accuracy"] < good["teacher_forced_accuracy"]  # errors compound when free-running
