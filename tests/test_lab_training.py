@@ -61,3 +61,13 @@ def test_forgetting_the_shift_collapses_the_loss_and_breaks_generation():
     assert bad["train_loss"] < 0.05 and bad["teacher_forced_accuracy"] > 0.99
     assert bad["free_running_accuracy"] < 0.3 < 0.5 < good["free_running_accuracy"]
     assert good["free_running_accuracy"] < good["teacher_forced_accuracy"]  # errors compound when free-running
+
+
+def test_speculative_samples_follow_the_target_not_the_draft():
+    f = facts("speculative")
+    for token in ("token1", "token2"):
+        t = f[token]
+        assert t["tvd_draft_exact"] > 0.2  # the draft really differs from the target
+        assert t["tvd_speculative"] < 0.15 and t["tvd_speculative"] < t["tvd_draft_exact"] / 3
+        assert t["tvd_speculative"] < 2 * t["tvd_plain"] + 0.03  # sampling noise, as plain sampling's
+    assert 0.02 < f["acceptance_rate"] < 0.95

@@ -509,6 +509,94 @@ def teacher_forcing(out: Path | None, quick: bool) -> LabResult:
                    f"trails teacher forcing ({good2['teacher_forced_accuracy']:.0%}) because its errors compound.")
 
 
+# ---- 6. speculative decoding's correctness -------------------------------------------------------
+def _tvd(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Total variation distance between the empirical distribution of `counts` (V,) and `probs` (V,)."""
+    return 0.5 * (counts / counts.sum() - probs).abs().sum().item()
+
+
+def speculative(out: Path | None, quick: bool) -> LabResult:
+    """Two random MiniLlamas over a 16-token vocabulary (a target and a different, smaller draft). The
+    first two tokens emitted by the real `speculative_generate` (2 draft tokens a round), over many
+    samples, against the target's exact distributions: token 1's softmax p(x1) and token 2's marginal
+    sum over x1 of p(x1) p(x2 | x1); and the same for plain sampling (`generate`) with as many samples."""
+    from minillama.generate.decode import generate
+    from minillama.generate.speculative import SpeculativeStats, speculative_generate
+
+    samples, vocab, k = (600 if quick else 2000), 16, 2
+    models = {}
+    for name, layers, offset in (("target", 2, 0), ("draft", 1, 1)):
+        models[name] = MiniLlama(byte_config(vocab_size=vocab, num_hidden_layers=layers, initializer_range=0.2),
+                                 init=False).eval()
+        models[name].init_weights(torch.Generator().manual_seed(lab_seed() + offset))
+    target, draft = models["target"], models["draft"]
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():  # the exact distributions of the first two tokens, target and draft
+        exact = {}
+        for name, model in models.items():
+            first = model(prompt).logits[0, -1].softmax(-1)  # (V,)
+            grown = torch.cat([prompt.repeat(vocab, 1), torch.arange(vocab)[:, None]], dim=1)  # every x1
+            second = first @ model(grown).logits[:, -1].softmax(-1)  # (V,) marginal of x2
+            exact[name] = (first, second)
+    spec_counts = torch.zeros(2, vocab)
+    stats = SpeculativeStats()
+    generator = torch.Generator().manual_seed(lab_seed())
+    for _ in range(samples):
+        ids, round_stats = speculative_generate(target, draft, prompt, max_new_tokens=3, num_draft_tokens=k,
+                                                temperature=1.0, stop_token_ids=(), generator=generator)
+        stats.proposed += round_stats.proposed
+        stats.accepted += round_stats.accepted
+        stats.rounds += round_stats.rounds
+        spec_counts[0, ids[0, 5]] += 1
+        spec_counts[1, ids[0, 6]] += 1
+    plain = generate(target, prompt.repeat(samples, 1), max_new_tokens=2, temperature=1.0, stop_token_ids=(),
+                     generator=torch.Generator().manual_seed(lab_seed() + 7))[:, 5:]
+    plain_counts = torch.stack([torch.bincount(plain[:, i], minlength=vocab).float() for i in range(2)])
+    draft_only = torch.stack([torch.multinomial(exact["draft"][i], samples, replacement=True,
+                                                generator=torch.Generator().manual_seed(lab_seed() + 3))
+                              for i in range(2)])
+    draft_counts = torch.stack([torch.bincount(draft_only[i], minlength=vocab).float() for i in range(2)])
+    facts = {"samples": samples, "acceptance_rate": stats.acceptance_rate,
+             "draft_target_overlap": torch.minimum(*[exact[m][0] for m in models]).sum().item()}
+    rows = []
+    for i in range(2):
+        p = exact["target"][i]
+        facts[f"token{i + 1}"] = {
+            "tvd_speculative": _tvd(spec_counts[i], p), "tvd_plain": _tvd(plain_counts[i], p),
+            "tvd_draft_samples": _tvd(draft_counts[i], p),
+            "tvd_draft_exact": 0.5 * (exact["draft"][i] - p).abs().sum().item()}
+        f = facts[f"token{i + 1}"]
+        rows.append([f"token {i + 1}", f["tvd_speculative"], f["tvd_plain"], f["tvd_draft_samples"],
+                     f["tvd_draft_exact"]])
+    rows.append(["acceptance rate", f"{stats.acceptance_rate:.3f} of {stats.proposed} draft tokens", "", "",
+                 f"sum min(p, q) for token 1: {facts['draft_target_overlap']:.3f}"])
+
+    def draw(plt, fig):
+        for i in range(2):
+            ax = fig.add_subplot(1, 2, i + 1)
+            x = torch.arange(vocab)
+            ax.bar(x - 0.3, exact["target"][i], 0.2, label="target p (exact)")
+            ax.bar(x - 0.1, spec_counts[i] / samples, 0.2, label="speculative (sampled)")
+            ax.bar(x + 0.1, plain_counts[i] / samples, 0.2, label="plain sampling")
+            ax.bar(x + 0.3, exact["draft"][i], 0.2, label="draft q (exact)")
+            ax.set_xlabel(f"token {i + 1}")
+            ax.set_ylabel("probability")
+            if i == 0:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+
+    t1 = facts["token1"]
+    return LabResult(
+        [f"emitted token ({samples} samples)", "TVD speculative vs p", "TVD plain sampling vs p",
+         "TVD draft samples vs p", "TVD draft q vs p (exact)"], rows, figure=_plot(out, "speculative", draw),
+        facts=facts,
+        conclusion=f"Speculative decoding's samples follow the target, not the draft: their distance to the "
+                   f"target's exact distribution ({t1['tvd_speculative']:.3f} for the first token) is the "
+                   f"sampling noise that plain sampling has at the same count ({t1['tvd_plain']:.3f}), while the "
+                   f"draft is {t1['tvd_draft_exact']:.2f} away; the draft's quality (acceptance rate "
+                   f"{stats.acceptance_rate:.2f} here) sets the speed-up, never the distribution.")
+
+
 EXPERIMENTS = (
     Experiment("parameter-count", "training",
                "How many parameters do GPT-2 and LLaMA shapes have, by hand and in the real models?",
@@ -523,4 +611,7 @@ EXPERIMENTS = (
     Experiment("teacher-forcing", "training",
                "Why is the decoder's input shifted by one (teacher forcing, BOS / decoder_start_token_id)?",
                teacher_forcing),
+    Experiment("speculative", "training",
+               "Does speculative decoding's acceptance rule preserve the target model's distribution?",
+               speculative),
 )
