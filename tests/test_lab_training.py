@@ -71,3 +71,17 @@ def test_speculative_samples_follow_the_target_not_the_draft():
         assert t["tvd_speculative"] < 0.15 and t["tvd_speculative"] < t["tvd_draft_exact"] / 3
         assert t["tvd_speculative"] < 2 * t["tvd_plain"] + 0.03  # sampling noise, as plain sampling's
     assert 0.02 < f["acceptance_rate"] < 0.95
+
+
+def test_zero_memory_formula_matches_the_trainers_own_report():
+    f = facts("zero-memory")
+    stages = f["stages"]
+    for stage, values in stages.items():
+        for part in ("params", "grads", "optimizer"):
+            formula, measured = values["formula"][part], values["measured"][part]
+            tolerance = 0.03 if (stage, part) == ("zero1", "optimizer") else 0.002  # zero1 splits whole tensors
+            assert abs(measured / formula - 1) < tolerance, (stage, part)
+    totals = [stages[s]["measured"]["total"] for s in ("ddp", "zero1", "zero2", "zero3")]
+    assert totals == sorted(totals, reverse=True) and totals[-1] / totals[0] < 0.51  # 16Ψ -> 16Ψ/N at N=2
+    assert abs(f["paper's example: 7.5B, N=64 ddp"] - 120) < 0.1  # the paper's Figure 1
+    assert abs(f["paper's example: 7.5B, N=64 zero3"] - 1.875) < 0.01
