@@ -85,3 +85,14 @@ def test_zero_memory_formula_matches_the_trainers_own_report():
     assert totals == sorted(totals, reverse=True) and totals[-1] / totals[0] < 0.51  # 16Ψ -> 16Ψ/N at N=2
     assert abs(f["paper's example: 7.5B, N=64 ddp"] - 120) < 0.1  # the paper's Figure 1
     assert abs(f["paper's example: 7.5B, N=64 zero3"] - 1.875) < 0.01
+
+
+def test_extrapolation_unscaled_rope_degrades_beyond_the_context_and_ntk_yarn_help():
+    f = facts("extrapolation")
+    longest = f["lengths"][-1]
+    none, linear = f[f"none {longest}"], f[f"linear {longest}"]
+    assert none["beyond"] > none["inside"] + 0.08  # positions never trained on
+    for name in ("dynamic", "yarn"):
+        assert f[f"{name} {longest}"]["beyond"] < none["beyond"] - 0.02
+    assert linear["inside"] > none["inside"] + 0.2  # interpolation without fine-tuning hurts everywhere
+    assert len({round(f[f"{name} {f['context']}"]["inside"], 6) for name in ("none", "linear", "dynamic", "yarn")}) == 1

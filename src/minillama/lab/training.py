@@ -711,6 +711,69 @@ def zero_memory(out: Path | None, quick: bool) -> LabResult:
                    f"stage 3 on 64 GPUs.")
 
 
+# ---- 8. extrapolation beyond the trained context (and a pointer to quantization) -------------------
+def extrapolation(out: Path | None, quick: bool) -> LabResult:
+    """A byte model trained on 64-token windows, evaluated on longer windows of held-out text with
+    RoPE unscaled and under the scalings `minillama eval --context-lengths` applies
+    (train/extrapolation.py: its `Scaling` and factor rule, the model's own RotaryEmbedding swapped
+    in as that module does): the loss at positions inside and beyond the trained context."""
+    import dataclasses
+
+    from minillama.model.llama import RotaryEmbedding
+    from minillama.train.extrapolation import Scaling
+
+    context = 64
+    lengths = (64, 256) if quick else (64, 128, 256, 512)
+    scalings = ("none", "linear", "dynamic", "yarn")
+    model = trained_byte_model(200 if quick else 300, seq=context, batch=8, max_position_embeddings=context)
+    text = story_bytes("val", 200_000)
+    rows, facts, curves = [], {"context": context, "lengths": list(lengths)}, {}
+    for length in lengths:
+        # the same number of predicted tokens at every length
+        inputs, targets = next(random_windows(text, 4096 // length, length,
+                                              torch.Generator().manual_seed(lab_seed() + length)))
+        row = [length]
+        for name in scalings:
+            rope = Scaling(name).rope_scaling(length, context)
+            model.model.rotary_emb = RotaryEmbedding(dataclasses.replace(model.config, rope_scaling=rope))
+            with torch.no_grad():
+                logits = model(inputs).logits
+            per_position = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape).mean(0)  # (length,)
+            inside, beyond = per_position[:context].mean().item(), per_position[context:].mean().item()
+            facts[f"{name} {length}"] = {"inside": inside, "beyond": beyond if length > context else None}
+            row.append(f"{inside:.3f} / {beyond:.3f}" if length > context else f"{inside:.3f}")
+            if length == lengths[-1]:
+                curves[name] = per_position
+        rows.append(row)
+    model.model.rotary_emb = RotaryEmbedding(model.config)
+    longest = lengths[-1]
+    best = min(scalings, key=lambda name: facts[f"{name} {longest}"]["beyond"])
+
+    def draw(plt, fig):
+        ax = fig.add_subplot(1, 1, 1)
+        bins = torch.arange(0, longest + 1, 16)
+        for name, losses in curves.items():
+            means = [losses[a:b].mean().item() for a, b in zip(bins[:-1], bins[1:])]
+            ax.plot((bins[:-1] + 8).tolist(), means, label=name)
+        ax.axvline(context, color="gray", ls="--", lw=1, label="trained context")
+        ax.set_xlabel("position in the window")
+        ax.set_ylabel("mean loss (nats/byte)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+
+    none = facts[f"none {longest}"]
+    return LabResult(
+        ["window length", *[f"{name}: loss inside / beyond {context}" for name in scalings]], rows,
+        figure=_plot(out, "extrapolation", draw, figsize=(7, 3.5)), facts=facts,
+        conclusion=f"Beyond the {context} positions it was trained on, unscaled RoPE's loss rises "
+                   f"({none['inside']:.2f} inside, {none['beyond']:.2f} beyond at length {longest}); without "
+                   f"retraining, {best} scaling holds it best ({facts[f'{best} {longest}']['beyond']:.2f}), "
+                   f"while linear interpolation, which squeezes every position, is worse than none until the "
+                   f"model is fine-tuned on it "
+                   f"({facts[f'linear {longest}']['inside']:.2f} / {facts[f'linear {longest}']['beyond']:.2f}).")
+
+
 EXPERIMENTS = (
     Experiment("parameter-count", "training",
                "How many parameters do GPT-2 and LLaMA shapes have, by hand and in the real models?",
@@ -730,4 +793,6 @@ EXPERIMENTS = (
                speculative),
     Experiment("zero-memory", "training",
                "How much memory per rank do ZeRO stages 1, 2 and 3 save?", zero_memory),
+    Experiment("extrapolation", "training",
+               "What happens beyond the trained context length, with and without RoPE scaling?", extrapolation),
 )
