@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minillama.lab.common import fit, mean_loss, random_windows, story_bytes
+from minillama.lab.common import figure_png, fit, llama_loss, mean_loss, random_windows, smooth, story_bytes
 from minillama.lab.registry import Experiment, LabResult
 
 
@@ -36,7 +36,7 @@ def attention_scaling(out: Path | None, quick: bool) -> LabResult:
             row += [entropy, grad]
         rows.append(row)
     columns = ["d_k"] + [f"{what} ({name})" for name in scalings for what in ("entropy", "grad")]
-    figure = _plot_scaling(out, dims, facts) if out else None
+    figure = _plot_scaling(out, dims, facts)
     return LabResult(
         columns, rows, figure=figure, facts={"dims": list(dims), **facts},
         conclusion="Without scaling, attention entropy (as a fraction of uniform) and the softmax gradient "
@@ -44,24 +44,22 @@ def attention_scaling(out: Path | None, quick: bool) -> LabResult:
                    "towards uniform attention. So the scale must grow like sqrt(d_k), the std of q·k.")
 
 
-def _plot_scaling(out: Path, dims, facts) -> Path | None:
-    from minillama.train.metrics import pyplot, save_figure
+def _plot_scaling(out: Path | None, dims, facts) -> Path | None:
+    def draw(plt):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+        for name, values in facts.items():
+            axes[0].plot(dims, values["entropy"], "o-", label=name)
+            axes[1].plot(dims, values["grad"], "o-", label=name)
+        for ax, label in zip(axes, ("attention entropy / log(seq)", "softmax gradient norm")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("d_k")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[1].set_yscale("log")
+        axes[0].legend()
+        return fig
 
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
-    for name, values in facts.items():
-        axes[0].plot(dims, values["entropy"], "o-", label=name)
-        axes[1].plot(dims, values["grad"], "o-", label=name)
-    for ax, label in zip(axes, ("attention entropy / log(seq)", "softmax gradient norm")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("d_k")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
-    axes[0].legend()
-    return save_figure(fig, out / "attention-scaling.png")
+    return figure_png(out, "attention-scaling", draw)
 
 
 # ---- A small hand-written byte-level LM, for the attention variants MiniLlama does not have --------
@@ -129,12 +127,6 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
     return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
 
 
-def llama_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The same for a MiniLlama, through its fused loss (targets already shifted)."""
-    inputs, targets = batch
-    return model(inputs, targets=targets).loss
-
-
 def _windows(split: str, batch: int, seq: int, seed: int, data: torch.Tensor | None = None):
     data = story_bytes(split, 400_000) if data is None else data
     return random_windows(data, batch, seq, torch.Generator().manual_seed(seed))
@@ -163,26 +155,21 @@ def _step_seconds(models: dict[str, nn.Module], loss_of, batch: int, seq: int, r
     return best
 
 
-def _smooth(losses: list[float], window: int = 20) -> list[float]:
-    """The running mean of the last `window` losses (a readable curve)."""
-    return [sum(losses[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(losses))]
+def _plot_curves(out: Path | None, name: str, curves: dict[str, list[float]], title: str) -> Path | None:
+    """Smoothed training-loss curves, one per label, as out/NAME.png."""
 
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        for label, losses in curves.items():
+            ax.plot(smooth(losses), label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (nats/byte, smoothed)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return fig
 
-def _plot_curves(out: Path, name: str, curves: dict[str, list[float]], title: str) -> Path | None:
-    from minillama.train.metrics import pyplot, save_figure
-
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    for label, losses in curves.items():
-        ax.plot(_smooth(losses), label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (nats/byte, smoothed)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_figure(fig, out / f"{name}.png")
+    return figure_png(out, name, draw)
 
 
 # ---- multiplicative vs additive ---------------------------------------------------------------
@@ -214,7 +201,7 @@ def additive_attention(out: Path | None, quick: bool) -> LabResult:
     quality = (f"about the same loss ({dot['val_loss']:.3f} dot vs {add['val_loss']:.3f} additive)" if abs(gap) < 0.03
                else f"{'a lower' if gap < 0 else 'a higher'} loss with additive scores ({add['val_loss']:.3f} vs "
                     f"{dot['val_loss']:.3f} dot: its tanh adds a little capacity)")
-    figure = _plot_curves(out, "attention-additive", curves, "dot-product vs additive scores") if out else None
+    figure = _plot_curves(out, "attention-additive", curves, "dot-product vs additive scores")
     return LabResult(
         ["scores", "val loss", "ms / step", "score MFLOPs / layer (fwd)", "score intermediate MiB / layer"], rows,
         figure=figure, facts=facts,
@@ -256,7 +243,7 @@ def heads_sweep(out: Path | None, quick: bool) -> LabResult:
         rows.append([h, hidden // h, sum(p.numel() for p in models[h].parameters()), loss, seconds[h] * 1000])
     best = heads[losses.index(min(losses))]
     inside = 0 < heads.index(best) < len(heads) - 1
-    figure = _plot_heads(out, heads, losses, hidden) if out else None
+    figure = _plot_heads(out, heads, losses, hidden)
     return LabResult(
         ["heads", "head_dim", "parameters", "val loss", "ms / step"], rows, figure=figure,
         facts={"heads": list(heads), "val_loss": losses, "best": best},
@@ -267,21 +254,19 @@ def heads_sweep(out: Path | None, quick: bool) -> LabResult:
                     "inside this range at this budget."))
 
 
-def _plot_heads(out: Path, heads, losses, hidden) -> Path | None:
-    from minillama.train.metrics import pyplot, save_figure
+def _plot_heads(out: Path | None, heads, losses, hidden) -> Path | None:
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+        ax.plot(heads, losses, "o-")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(heads, [f"{h}\n(d={hidden // h})" for h in heads])
+        ax.set_xlabel("heads (head_dim)")
+        ax.set_ylabel("validation loss (nats/byte)")
+        ax.set_title(f"hidden size {hidden}, same steps")
+        ax.grid(alpha=0.3)
+        return fig
 
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
-    ax.plot(heads, losses, "o-")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(heads, [f"{h}\n(d={hidden // h})" for h in heads])
-    ax.set_xlabel("heads (head_dim)")
-    ax.set_ylabel("validation loss (nats/byte)")
-    ax.set_title(f"hidden size {hidden}, same steps")
-    ax.grid(alpha=0.3)
-    return save_figure(fig, out / "attention-heads.png")
+    return figure_png(out, "attention-heads", draw)
 
 
 # ---- dropout ---------------------------------------------------------------------------------
@@ -319,8 +304,7 @@ def dropout_placement(out: Path | None, quick: bool) -> LabResult:
     facts["unscaled_mean"] = (kept != 0).float().mean().item()  # ≈ 1 - p without that scaling
     best = min(settings, key=lambda name: facts[name]["val_loss"])
     none = facts["none"]
-    figure = _plot_curves(out, "attention-dropout", curves, f"training loss, {size / 1000:g} KB of text, p={p}") \
-        if out else None
+    figure = _plot_curves(out, "attention-dropout", curves, f"training loss, {size / 1000:g} KB of text, p={p}")
     return LabResult(
         ["dropout on", "train loss", "val loss", "gap", "train mode: max |Δ| of 2 passes", "eval mode: max |Δ|"],
         rows, figure=figure, facts={"p": p, "best": best, **facts},
@@ -386,7 +370,7 @@ def qkv_bias(out: Path | None, quick: bool) -> LabResult:
         facts[f"val_loss_{init}"] = val
         curves[f"q/k/v biases from {init}"] = losses
         rows.append([f"train, q/k/v biases from {init}", "-", "-", val])
-    figure = _plot_curves(out, "attention-bias", curves, "MiniLlama with attention_bias") if out else None
+    figure = _plot_curves(out, "attention-bias", curves, "MiniLlama with attention_bias")
     zeros, random = facts["val_loss_zeros"], facts["val_loss_random"]
     return LabResult(
         ["bias", "max |Δ output| (no positions)", "max |Δ output| (RoPE)", "val loss"], rows,
@@ -482,7 +466,7 @@ def attention_cost(out: Path | None, quick: bool) -> LabResult:
         facts[name]["memory_exponent"] = _fit_exponent(lengths[half:], facts[name]["bytes"][half:])
     facts["flops_exponent"] = _fit_exponent(lengths, facts["flops"])
     facts["lengths"] = list(lengths)
-    figure = _plot_cost(out, lengths, facts, ways) if out else None
+    figure = _plot_cost(out, lengths, facts, ways)
     eager, flash = facts["eager"], facts["flash (tiled)"]
     return LabResult(
         ["T"] + [f"{what} ({name})" for name in ways for what in ("ms", "largest MiB")] + ["MFLOPs"], rows,
@@ -494,24 +478,22 @@ def attention_cost(out: Path | None, quick: bool) -> LabResult:
                    f"still computes every score (its time here grows as T^{flash['time_exponent']:.1f}).")
 
 
-def _plot_cost(out: Path, lengths, facts, ways) -> Path | None:
-    from minillama.train.metrics import pyplot, save_figure
+def _plot_cost(out: Path | None, lengths, facts, ways) -> Path | None:
+    def draw(plt):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+        for name in ways:
+            axes[0].plot(lengths, [s * 1000 for s in facts[name]["seconds"]], "o-", label=name)
+            axes[1].plot(lengths, [b / 2 ** 20 for b in facts[name]["bytes"]], "o-", label=name)
+        for ax, label in zip(axes, ("forward time (ms)", "largest tensor created (MiB)")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length T")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        return fig
 
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
-    for name in ways:
-        axes[0].plot(lengths, [s * 1000 for s in facts[name]["seconds"]], "o-", label=name)
-        axes[1].plot(lengths, [b / 2 ** 20 for b in facts[name]["bytes"]], "o-", label=name)
-    for ax, label in zip(axes, ("forward time (ms)", "largest tensor created (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length T")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    return save_figure(fig, out / "attention-cost.png")
+    return figure_png(out, "attention-cost", draw)
 
 
 # ---- one projection for Q, K and V --------------------------------------------------------------
@@ -559,7 +541,7 @@ def shared_qkv(out: Path | None, quick: bool) -> LabResult:
                      trained["asymmetry"], trained["argmax_self"], trained["weight_self"], val])
     facts["uniform_weight_self"] = uniform
     sep, sh = facts["separate"], facts["shared"]
-    figure = _plot_curves(out, "attention-shared-qkv", curves, "separate vs shared Q/K/V projection") if out else None
+    figure = _plot_curves(out, "attention-shared-qkv", curves, "separate vs shared Q/K/V projection")
     return LabResult(
         ["projections", "parameters", "asymmetry (init)", "argmax = self (init)", "asymmetry (trained)",
          "argmax = self (trained)", "weight on self (trained)", "val loss"], rows, figure=figure, facts=facts,
@@ -719,7 +701,7 @@ def kv_heads(out: Path | None, quick: bool) -> LabResult:
                      f["tokens_per_second"], largest.bytes / 2 ** 10])
     mha, mqa, gqa = facts["MHA"], facts["MQA"], facts["GQA"]
     title = "8 query heads, 8 / 2 / 1 key-value heads"
-    figure = _plot_curves(out, "attention-kv-heads", curves, title) if out else None
+    figure = _plot_curves(out, "attention-kv-heads", curves, title)
     return LabResult(
         ["attention", "kv heads", "parameters", "val loss", "KV cache bytes / token", "decode tokens / s",
          "largest tensor of a decode step's attention (KiB)"], rows, figure=figure, facts=facts,

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from minillama.errors import MiniLlamaError
-from minillama.lab.common import fit, mean_loss, random_windows, story_bytes
+from minillama.lab.common import figure_png, fit, llama_loss, mean_loss, random_windows, story_bytes
 from minillama.lab.registry import Experiment, LabResult
 from minillama.model import MiniLlama, ModelConfig
 
@@ -19,12 +19,6 @@ from minillama.model import MiniLlama, ModelConfig
 def byte_config(**overrides) -> ModelConfig:
     """The `debug` preset (vocabulary 256 = bytes, 2 layers, width 64), any field overridden."""
     return ModelConfig.from_preset("debug", **overrides)
-
-
-def lm_loss(model: MiniLlama, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Next-token loss of (inputs, targets) through the model's fused head (targets already shifted)."""
-    inputs, targets = batch
-    return model(inputs, targets=targets).loss
 
 
 def lab_seed() -> int:
@@ -42,7 +36,7 @@ def trained_byte_model(steps: int, seq: int = 64, batch: int = 16, **overrides) 
     """A `byte_config(**overrides)` MiniLlama after `steps` AdamW steps on the shipped stories."""
     model = MiniLlama(byte_config(**overrides), init=False)
     model.init_weights(torch.Generator().manual_seed(lab_seed()))
-    fit(model, lm_loss, story_batches(batch, seq), steps, lr=3e-3)
+    fit(model, llama_loss, story_batches(batch, seq), steps, lr=3e-3)
     return model
 
 
@@ -50,20 +44,6 @@ def held_out(seq: int = 64, batch: int = 16, count: int = 4, seed: int = 1) -> l
     """A fixed list of validation batches, so every model in an experiment is measured on the same text."""
     windows = random_windows(story_bytes("val", 200_000), batch, seq, torch.Generator().manual_seed(seed))
     return [next(windows) for _ in range(count)]
-
-
-def _plot(out: Path | None, name: str, draw, figsize=(9, 3.5)) -> Path | None:
-    """Draw with `draw(plt, fig)` into out/NAME.png (None without --out or matplotlib)."""
-    if out is None:
-        return None
-    from minillama.train.metrics import pyplot, save_figure
-
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig = plt.figure(figsize=figsize, dpi=110)
-    draw(plt, fig)
-    return save_figure(fig, out / f"{name}.png")
 
 
 # ---- 1. parameter count ----------------------------------------------------------------------------
@@ -151,7 +131,7 @@ def parameter_count(out: Path | None, quick: bool) -> LabResult:
         rows.append([name, formula["embeddings"], formula["attention"], formula["mlp"], formula["norms"],
                      formula["head"], formula["total"], ours, reference,
                      formula["total"] == ours == reference])
-    figure = _plot(out, "parameter-count", lambda plt, fig: _draw_shares(fig, shares), figsize=(8, 4))
+    figure = figure_png(out, "parameter-count", lambda plt: _draw_shares(plt.figure(figsize=(8, 4), dpi=110), shares))
     return LabResult(
         ["model", "embeddings", "attention", "MLP", "norms", "head (untied)", "formula", "MiniLlama (meta)",
          "transformers (meta)", "equal"], rows, figure=figure, facts=facts,
@@ -160,7 +140,7 @@ def parameter_count(out: Path | None, quick: bool) -> LabResult:
                    "(12·L·C² for GPT-2), while in small ones like stories15M the embedding is a large share.")
 
 
-def _draw_shares(fig, shares: dict[str, dict[str, int]]) -> None:
+def _draw_shares(fig, shares: dict[str, dict[str, int]]):
     ax = fig.add_subplot(1, 1, 1)
     names = list(shares)
     left = [0.0] * len(names)
@@ -171,7 +151,7 @@ def _draw_shares(fig, shares: dict[str, dict[str, int]]) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("share of parameters")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    return fig
 
 
 # ---- 2. LoRA ------------------------------------------------------------------------------------
@@ -230,16 +210,16 @@ def lora(out: Path | None, quick: bool) -> LabResult:
 
     base = trained_byte_model(150, batch=8) if quick else trained_byte_model(300)
     batches = held_out()
-    base_loss = mean_loss(base, lm_loss, iter(batches), len(batches))
+    base_loss = mean_loss(base, llama_loss, iter(batches), len(batches))
     with torch.no_grad():
         base_logits = base(batches[0][0]).logits
     adapted = copy.deepcopy(base)
     add_lora(adapted, LoRAConfig(r=r, targets=target_sets["all 7"]))
     with torch.no_grad():
         identical = (adapted(batches[0][0]).logits - base_logits).abs().max().item()
-    zero_loss = mean_loss(adapted, lm_loss, iter(batches), len(batches))
+    zero_loss = mean_loss(adapted, llama_loss, iter(batches), len(batches))
     adapted.train()
-    lm_loss(adapted, batches[0]).backward()
+    llama_loss(adapted, batches[0]).backward()
     grad_a = sum(m.lora_A.weight.grad.norm().item() for m in lora_layers(adapted).values())
     grad_b = sum(m.lora_B.weight.grad.norm().item() for m in lora_layers(adapted).values())
     random_losses = []
@@ -251,7 +231,7 @@ def lora(out: Path | None, quick: bool) -> LabResult:
             for module in lora_layers(noisy).values():  # B initialised like A (nn.Linear's default)
                 bound = 1 / math.sqrt(r)
                 module.lora_B.weight.uniform_(-bound, bound, generator=generator)
-        random_losses.append(mean_loss(noisy, lm_loss, iter(batches), len(batches)))
+        random_losses.append(mean_loss(noisy, llama_loss, iter(batches), len(batches)))
     random_loss = sum(random_losses) / len(random_losses)
     facts.update(base_loss=base_loss, zero_b_loss=zero_loss, zero_b_max_logit_diff=identical,
                  random_b_loss=random_loss, random_b_losses=random_losses, grad_A=grad_a, grad_B=grad_b)
@@ -302,13 +282,13 @@ def init_std(out: Path | None, quick: bool) -> LabResult:
     for std in stds:
         model = MiniLlama(byte_config(initializer_range=std), init=False)
         model.init_weights(torch.Generator().manual_seed(lab_seed()))
-        initial = mean_loss(model, lm_loss, iter(val), len(val))
+        initial = mean_loss(model, llama_loss, iter(val), len(val))
         model.train()
-        lm_loss(model, val[0]).backward()
+        llama_loss(model, val[0]).backward()
         grad = math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters()))
         model.zero_grad(set_to_none=True)
-        curves[std] = fit(model, lm_loss, story_batches(batch, 64), steps, lr=3e-3)
-        final = mean_loss(model, lm_loss, iter(val), len(val))
+        curves[std] = fit(model, llama_loss, story_batches(batch, 64), steps, lr=3e-3)
+        final = mean_loss(model, llama_loss, iter(val), len(val))
         facts[str(std)] = {"initial": initial, "grad": grad, "final": final}
         rows.append([f"std {std}", initial, grad, final])
     inputs = val[0][0]
@@ -321,7 +301,8 @@ def init_std(out: Path | None, quick: bool) -> LabResult:
              for i, layers in enumerate(depths)]
     best = min(stds, key=lambda std: facts[str(std)]["final"])
 
-    def draw(plt, fig):
+    def draw(plt):
+        fig = plt.figure(figsize=(9, 3.5), dpi=110)
         ax = fig.add_subplot(1, 2, 1)
         for std, losses in curves.items():
             ax.plot(losses, label=f"std {std}")
@@ -337,11 +318,11 @@ def init_std(out: Path | None, quick: bool) -> LabResult:
         ax.set_xlabel("layers")
         ax.set_ylabel("residual std / embedding std (init)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
+        return fig
 
     return LabResult(
         ["init", "initial loss", "gradient norm at init", f"val loss after {steps} steps"], rows,
-        figure=_plot(out, "init-std", draw), facts=facts,
+        figure=figure_png(out, "init-std", draw), facts=facts,
         conclusion=f"Small std starts at ln(256) = {math.log(256):.2f} (uniform predictions) but 0.002 learns "
                    f"slowest (tiny gradients: {facts['0.002']['grad']:.2g}); std 1.0 starts at loss "
                    f"{facts['1.0']['initial']:.1f} and is still behind after {steps} steps (AdamW with clipping "
@@ -453,9 +434,9 @@ def teacher_forcing(out: Path | None, quick: bool) -> LabResult:
     for name, shifted in (("decoder-only, targets = tokens[1:]", True), ("decoder-only, targets = inputs", False)):
         model = MiniLlama(byte_config(), init=False)
         model.init_weights(torch.Generator().manual_seed(lab_seed()))
-        loss_of = lm_loss if shifted else (lambda m, b: m(b[0], targets=b[0]).loss)
+        loss_of = llama_loss if shifted else (lambda m, b: m(b[0], targets=b[0]).loss)
         losses = fit(model, loss_of, story_batches(8, 64), steps)
-        next_token = mean_loss(model, lm_loss, iter(val), len(val))
+        next_token = mean_loss(model, llama_loss, iter(val), len(val))
         new = generate(model, prompt, max_new_tokens=48, temperature=0.0, stop_token_ids=())[0, prompt.shape[1]:]
         text = bytes(new.tolist()).decode("utf-8", "replace")
         facts[name] = {"train_loss": sum(losses[-10:]) / 10, "next_token_loss": next_token,
@@ -571,7 +552,8 @@ def speculative(out: Path | None, quick: bool) -> LabResult:
     rows.append(["acceptance rate", f"{stats.acceptance_rate:.3f} of {stats.proposed} draft tokens", "", "",
                  f"sum min(p, q) for token 1: {facts['draft_target_overlap']:.3f}"])
 
-    def draw(plt, fig):
+    def draw(plt):
+        fig = plt.figure(figsize=(9, 3.5), dpi=110)
         for i in range(2):
             ax = fig.add_subplot(1, 2, i + 1)
             x = torch.arange(vocab)
@@ -583,12 +565,12 @@ def speculative(out: Path | None, quick: bool) -> LabResult:
             ax.set_ylabel("probability")
             if i == 0:
                 ax.legend(fontsize=7)
-        fig.tight_layout()
+        return fig
 
     t1 = facts["token1"]
     return LabResult(
         [f"emitted token ({samples} samples)", "TVD speculative vs p", "TVD plain sampling vs p",
-         "TVD draft samples vs p", "TVD draft q vs p (exact)"], rows, figure=_plot(out, "speculative", draw),
+         "TVD draft samples vs p", "TVD draft q vs p (exact)"], rows, figure=figure_png(out, "speculative", draw),
         facts=facts,
         conclusion=f"Speculative decoding's samples follow the target, not the draft: their distance to the "
                    f"target's exact distribution ({t1['tvd_speculative']:.3f} for the first token) is the "
@@ -636,7 +618,7 @@ def _zero_worker(rank: int, world: int, port: int, seed: int, results) -> None:
             runner = Distributed(rank, world, 0, torch.device("cpu"))
             wrapped = runner.wrap(model, stage)
             optimizers = build_optimizers(model, OptimSection(), "cpu", zero_redundancy=stage == "zero1")
-            loss = lm_loss(wrapped, batch)
+            loss = llama_loss(wrapped, batch)
             in_step = runner.parameter_bytes(model)  # between forward and backward, as the Trainer measures
             loss.backward()
             for optimizer in optimizers:
@@ -750,7 +732,8 @@ def extrapolation(out: Path | None, quick: bool) -> LabResult:
     longest = lengths[-1]
     best = min(scalings, key=lambda name: facts[f"{name} {longest}"]["beyond"])
 
-    def draw(plt, fig):
+    def draw(plt):
+        fig = plt.figure(figsize=(7, 3.5), dpi=110)
         ax = fig.add_subplot(1, 1, 1)
         bins = torch.arange(0, longest + 1, 16)
         for name, losses in curves.items():
@@ -760,12 +743,12 @@ def extrapolation(out: Path | None, quick: bool) -> LabResult:
         ax.set_xlabel("position in the window")
         ax.set_ylabel("mean loss (nats/byte)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
+        return fig
 
     none = facts[f"none {longest}"]
     return LabResult(
         ["window length", *[f"{name}: loss inside / beyond {context}" for name in scalings]], rows,
-        figure=_plot(out, "extrapolation", draw, figsize=(7, 3.5)), facts=facts,
+        figure=figure_png(out, "extrapolation", draw), facts=facts,
         conclusion=f"Beyond the {context} positions it was trained on, unscaled RoPE's loss rises "
                    f"({none['inside']:.2f} inside, {none['beyond']:.2f} beyond at length {longest}); without "
                    f"retraining, {best} scaling holds it best ({facts[f'{best} {longest}']['beyond']:.2f}; dynamic "
