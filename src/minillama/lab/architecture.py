@@ -523,7 +523,7 @@ def residual_connections(out: Path | None, quick: bool) -> LabResult:
         ratio = grads[0] / grads[-1] if grads[-1] else 0.0
         facts[key] = {"grads": grads, "loss": loss, "first_over_last": ratio, "last_block_output": scale}
         rows.append([name, scale, grads[0], grads[-1], ratio, loss])
-    columns = ["8-layer byte model", "mean |output| of block 8 (init)", "grad norm block 1 (init)",
+    columns = ["8-layer byte model", "mean abs output of block 8 (init)", "grad norm block 1 (init)",
                "grad norm block 8 (init)", "block 1 / block 8", f"val loss after {steps} steps"]
 
     def draw(plt):
