@@ -355,6 +355,16 @@ def _continuation_nats(name: str, model: nn.Module, window: torch.Tensor, half: 
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).item()
 
 
+def _spiked(losses: list[float], by: float = 1.0) -> bool:
+    """Whether the smoothed loss climbs more than `by` nats above its best so far (a brief divergence)."""
+    best = math.inf
+    for value in _smooth(losses):
+        best = min(best, value)
+        if value > best + by:
+            return True
+    return False
+
+
 def _smooth(values: list[float], width: int = 20) -> list[float]:
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -628,6 +638,10 @@ def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
              if abs(facts[placement]["loss"][str(lr)] - unigram) < 0.07]
     stuck_text = (f"; {' and '.join(stuck)} is still at the byte-frequency entropy ({unigram:.2f} nats)" if stuck
                   else "")
+    spikes = [f"{placement} at lr {lr:g}" for (placement, lr), curve in curves.items() if _spiked(curve)]
+    facts["spikes"] = spikes
+    if spikes:
+        stuck_text += f"; the loss of {' and '.join(spikes)} spiked back up by more than 1 nat on the way (figure)"
     return LabResult(
         columns, rows, figure=_figure(out, "pre-vs-post-norm", draw), facts=facts,
         conclusion=f"In this 8-layer byte model after {steps} steps (with the lab loop's short warmup) {leader} "
