@@ -40,6 +40,12 @@ def _val_loss(model: nn.Module, valid: torch.Tensor) -> float:
     return mean_loss(model, llama_loss, _windows(valid, 64, SEQ, 1), 4)
 
 
+def _unigram_nats(data: torch.Tensor) -> float:
+    """Entropy of the byte frequencies (nats): the loss of a model that ignores all context."""
+    p = torch.bincount(data, minlength=256).double() / len(data)
+    return -(p[p > 0] * p[p > 0].log()).sum().item()
+
+
 def _story_text(split: str, limit: int) -> bytes:
     """The shipped stories as UTF-8 bytes, at most `limit`, cut at a whole character."""
     data = story_bytes(split, limit).to(torch.uint8).numpy().tobytes()
@@ -331,6 +337,16 @@ def _continuation_nats(name: str, model: nn.Module, window: torch.Tensor, half: 
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).item()
 
 
+def _spiked(losses: list[float], by: float = 1.0) -> bool:
+    """Whether the smoothed loss climbs more than `by` nats above its best so far (a brief divergence)."""
+    best = math.inf
+    for value in smooth(losses):
+        best = min(best, value)
+        if value > best + by:
+            return True
+    return False
+
+
 # ---- 4. RMSNorm vs LayerNorm -----------------------------------------------------------------------
 def _replace_norms(model: nn.Module, make) -> nn.Module:
     """Replace every `RMSNorm` of a MiniLlama by `make(width)`. The blocks call their norms by attribute,
@@ -489,7 +505,7 @@ def residual_connections(out: Path | None, quick: bool) -> LabResult:
         ratio = grads[0] / grads[-1] if grads[-1] else 0.0
         facts[key] = {"grads": grads, "loss": loss, "first_over_last": ratio, "last_block_output": scale}
         rows.append([name, scale, grads[0], grads[-1], ratio, loss])
-    columns = ["8-layer byte model", "mean |output| of block 8 (init)", "grad norm block 1 (init)",
+    columns = ["8-layer byte model", "mean abs output of block 8 (init)", "grad norm block 1 (init)",
                "grad norm block 8 (init)", "block 1 / block 8", f"val loss after {steps} steps"]
 
     def draw(plt):
@@ -509,12 +525,16 @@ def residual_connections(out: Path | None, quick: bool) -> LabResult:
         return fig
 
     r, p, q = facts["residual"], facts["plain"], facts["plain_fan_in"]
+    facts["unigram"] = unigram = _unigram_nats(valid)
+    fan_in_text = (f"learns, but reaches {q['loss']:.2f}" if q["loss"] < unigram - 0.1 else
+                   f"gets stuck at {q['loss']:.2f}, the byte-frequency (unigram) entropy {unigram:.2f}, i.e. "
+                   "learns no use of context,")
     return LabResult(
         columns, rows, figure=figure_png(out, "residual-connections", draw), facts=facts,
         conclusion=f"Without residuals and with the model's init the signal dies on the way up (block 8's "
                    f"output {p['last_block_output']:.1g}, gradients {p['grads'][0]:.1g}) and the model cannot "
                    f"learn ({p['loss']:.2f} nats after {steps} steps); with an init that keeps the scale it "
-                   f"learns, but reaches {q['loss']:.2f} against {r['loss']:.2f} with residuals, whose identity "
+                   f"{fan_in_text} against {r['loss']:.2f} with residuals, whose identity "
                    f"path also keeps every block's gradient alike (block 1 / block 8: {r['first_over_last']:.2g} "
                    f"vs {q['first_over_last']:.2g}).")
 
@@ -585,10 +605,20 @@ def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
     leader = f"{facts['ahead']}-norm is ahead at every rate" if facts["ahead"] else "neither is ahead at every rate"
     gap = [post["loss"][str(lr)] - pre["loss"][str(lr)] for lr in rates]
     facts["post_minus_pre"] = gap
+    facts["unigram"] = unigram = _unigram_nats(valid)
+    stuck = [f"{placement} at lr {lr:g}" for placement in ("pre", "post") for lr in rates
+             if abs(facts[placement]["loss"][str(lr)] - unigram) < 0.07]
+    stuck_text = (f"; {' and '.join(stuck)} is still at the byte-frequency entropy ({unigram:.2f} nats)" if stuck
+                  else "")
+    spikes = [f"{placement} at lr {lr:g}" for (placement, lr), curve in curves.items() if _spiked(curve)]
+    facts["spikes"] = spikes
+    if spikes:
+        stuck_text += f"; the loss of {' and '.join(spikes)} spiked back up by more than 1 nat on the way (figure)"
     return LabResult(
         columns, rows, figure=figure_png(out, "pre-vs-post-norm", draw), facts=facts,
         conclusion=f"In this 8-layer byte model after {steps} steps (with the lab loop's short warmup) {leader} "
-                   f"({losses}). Post-norm's blocks start with {facts['pre_over_post_grad']:.0f}x smaller gradients, "
+                   f"({losses}{stuck_text}). Post-norm's blocks start with {facts['pre_over_post_grad']:.0f}x smaller "
+                   "gradients, "
                    f"evenly across depth (block 1 / block 8: {post['first_over_last']:.2g}; pre-norm's final norm "
                    "rescales a residual stream still at the embedding's small scale), so the textbook picture of "
                    "post-norm's gradients vanishing towards the input does not show at 8 layers; the longer study "
