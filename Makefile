@@ -13,6 +13,13 @@ STAMP := $(VENV)/.minillama-installed
 FLOOR_PYTHON ?= python3.10
 FLOOR_TORCH ?= torch==2.9.1
 
+# llama-cpp-python (dev extra; checks the GGUF export) comes as source: pip compiles llama.cpp once
+# (about 15 CPU-minutes) and caches the wheel, so later installs take seconds. Only the library is
+# built (no multimodal mtmd), for any AVX2 CPU: a native build on a CPU with AMX (Sapphire Rapids
+# and later) uses llama.cpp's AMX kernels, which crash on q8_0 / q4_0 files (llama.cpp issue 20824).
+# pip keys its cache by version, not by these flags: after changing them, pip cache remove llama_cpp_python.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
+
 .PHONY: demo test test-floor lint venv clean
 
 venv: $(STAMP)
@@ -20,7 +27,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,11 +35,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	sh tests/setup_browser.sh
-	$(BIN)/python -m pytest -q $(ARGS)
+	MINILLAMA_REQUIRE_LLAMA_CPP=1 $(BIN)/python -m pytest -q $(ARGS)
 
 test-floor:
 	test -x .venv-floor/bin/python || $(FLOOR_PYTHON) -m venv .venv-floor
-	.venv-floor/bin/python -m pip install --quiet "$(FLOOR_TORCH)" -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" .venv-floor/bin/python -m pip install --quiet "$(FLOOR_TORCH)" -e ".[dev]"
 	sh tests/setup_browser.sh
 	.venv-floor/bin/python -m pytest -q $(ARGS)
 

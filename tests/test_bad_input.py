@@ -47,6 +47,7 @@ def sandbox(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     assert main(["export", "--checkpoint", str(root / "run"), "--out", str(root / "hf")]) == 0
+    assert main(["quantize", "--checkpoint", str(root / "hf"), "--method", "int8", "--out", str(root / "int8")]) == 0
     (root / "other_tokenizer").mkdir()
     assert main(["tokenizer", "train", "--input", str(root / "corpus/stories.txt"), "--vocab-size", "280",
                  "--out", str(root / "other_tokenizer"), "--workers", "1"]) == 0
@@ -68,6 +69,9 @@ def sandbox(tmp_path_factory):
         {"model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0, "a": 1}}}))
     (root / "english.txt").write_text("Once upon a time, a little dog ran to the park.\n" * 20)
     (root / "zh.txt").write_text("我想喝茶。\n你好。\n他是我的朋友。\n" * 20, encoding="utf-8")
+    (root / "quantized").mkdir()  # what `minillama quantize` writes: a config with quantization_config
+    config = json.loads((root / "hf" / "config.json").read_text())
+    (root / "quantized" / "config.json").write_text(json.dumps({**config, "quantization_config": {"bits": 4}}))
     (root / "flipped").mkdir()
     shutil.copytree(root / "hf", root / "flipped", dirs_exist_ok=True)
     weights = bytearray((root / "flipped" / "model.safetensors").read_bytes())
@@ -287,6 +291,25 @@ CASES = {
                                              ["holds a llama model, not a seq2seq"], None),
     "translate a sentence beyond the positions": (["translate", "--checkpoint", "s2s", "--text", "word " * 80],
                                                   ["more than the model's 64 positions", "--truncate"], None),
+    # ---- GGUF export ---------------------------------------------------------------------------------
+    "export gguf in a dtype llama.cpp's GGUF export does not offer": (
+        ["export", "--format", "gguf", "--checkpoint", "hf", "--dtype", "q4_1", "--out", "m.gguf"],
+        ["argument --dtype: invalid choice: 'q4_1'"], None),
+    "export gguf of a quantized model": (
+        ["export", "--format", "gguf", "--checkpoint", "quantized", "--out", "m.gguf"],
+        ["quantized is a quantized minillama model", "export the float checkpoint", "--dtype q8_0 or q4_0"], None),
+    "export gguf over a plain file": (["export", "--format", "gguf", "--checkpoint", "hf", "--out", "notes.txt"],
+                                      ["notes.txt exists and is not a GGUF file", "--overwrite"], None),
+    "export gguf over a folder": (["export", "--format", "gguf", "--checkpoint", "hf", "--out", "foreign"],
+                                  ["foreign is a directory", "--out names the .gguf file"], None),
+    "export gguf into its input": (["export", "--format", "gguf", "--checkpoint", "hf", "--out", "hf/m.gguf"],
+                                   ["is inside", "an input of this command"], None),
+    "export a transformers directory in a GGUF dtype": (["export", "--checkpoint", "hf", "--dtype", "q4_0",
+                                                         "--out", "new_export"],
+                                                        ["--dtype q4_0 is a GGUF type", "--format gguf"], None),
+    "export gguf in a transformers dtype": (["export", "--format", "gguf", "--checkpoint", "hf", "--dtype",
+                                             "bfloat16", "--out", "m.gguf"],
+                                            ["--dtype bfloat16 is not a GGUF type", "f32, f16, q8_0, q4_0"], None),
     "translate without a model": (["translate", "--text", "Hi."], ["--checkpoint is required"], None),
     # ---- vocabulary extension -----------------------------------------------------------------------
     "tokenizer extend with a corpus that yields no new token": (
@@ -307,6 +330,24 @@ CASES = {
     "model resize-vocab to a tokenizer with other ids": (
         ["model", "resize-vocab", "--checkpoint", "run", "--tokenizer", "s2s_tokenizer", "--out", "resized"],
         ["does not extend the model's tokenizer"], None),
+    "quantize with an unknown method": (
+        ["quantize", "--checkpoint", "hf", "--method", "int3", "--out", "q"],
+        ["unknown quantization method 'int3'", "int8, int4, gptq-int4"], None),
+    "quantize with a group size that does not divide the input features": (
+        ["quantize", "--checkpoint", "hf", "--method", "int4", "--group-size", "32", "--out", "q"],
+        ["group size 32 does not divide the 176 input features of model.layers.0.mlp.down_proj"], None),
+    "quantize an already quantized model": (
+        ["quantize", "--checkpoint", "int8", "--method", "int4", "--out", "q"],
+        ["the model is already quantized"], None),
+    "export a quantized model": (["export", "--checkpoint", "int8", "--out", "e"], ["the model is quantized"], None),
+    "sample a quantized model with the NumPy engine": (
+        ["sample", "--checkpoint", "int8", "--engine", "numpy", "--prompt", "Once", "--max-new-tokens", "2"],
+        ["is a quantized model", "--engine torch"], None),
+    "train from a quantized model": (["train", "--run.init_from", "int8", "--run.out_dir", "r", "--data.seq_len", "64"],
+                                     ["is a quantized model", "--run.qat int4"], "r"),
+    "quantize over a run directory": (
+        ["quantize", "--checkpoint", "hf", "--method", "int8", "--out", "run"],
+        ["run holds files that are not a model directory", "--overwrite"], None),
 }
 
 

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "minillama.bert.commands",
     "minillama.seq2seq.commands",
     "minillama.export.commands",
+    "minillama.quant.commands",
     "minillama.model.commands",
     "minillama.lab.commands",
     "minillama.serve.commands",

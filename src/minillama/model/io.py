@@ -83,6 +83,9 @@ def write_weights(state: dict[str, torch.Tensor], directory: Path, config: dict[
 def write_causal_lm_dir(config: ModelConfig, state: dict[str, torch.Tensor], directory: str | os.PathLike) -> None:
     """config.json + model.safetensors of a causal LM from its full state dict (a tied head is
     stored once, as transformers does)."""
+    if any(key.endswith(".qweight") for key in state):  # transformers would read the int codes as garbage
+        raise CheckpointError("the model is quantized (minillama quantize): its integer weights have no "
+                              "transformers layout; export or train from its float checkpoint")
     dtype = next(iter(state.values())).dtype
     drop = ("lm_head.weight",) if config.tie_word_embeddings else ()
     write_weights(state, Path(directory), config_to_hf_dict(config, str(dtype).removeprefix("torch.")), drop)

@@ -33,6 +33,12 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
                           "(convert a pytorch_model.bin with transformers' save_pretrained first)")
 
 
+def quantization_config(directory: str | os.PathLike) -> dict | None:
+    """config.json's `quantization_config` (a directory `minillama quantize` wrote), else None."""
+    path = Path(directory) / "config.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("quantization_config") if path.is_file() else None
+
+
 def is_stored(key: str) -> bool:
     """Whether a tensor in a weight file is a weight (not a buffer recomputed from the config)."""
     return not key.endswith(IGNORED_KEY_SUFFIXES)

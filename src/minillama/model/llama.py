@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from minillama.model import flash, flash_triton, io
 from minillama.model.cache import KVCache
 from minillama.model.config import ModelConfig, load_config
+from minillama.model.layout import quantization_config
 from minillama.model.loss import Workspace, causal_lm_loss, linear_cross_entropy
 from minillama.model.masks import prepare_attention
 from minillama.model.rope import rope_inverse_frequencies
@@ -346,6 +347,11 @@ class MiniLlama(nn.Module):
         config = load_config(directory)
         with torch.device("meta"):
             model = cls(config, init=False)
+        quantization = quantization_config(directory)
+        if quantization is not None:  # written by `minillama quantize`: some Linears hold integer codes
+            from minillama.quant.linear import make_quantized_skeleton
+
+            make_quantized_skeleton(model, quantization)
         io.load_strictly(model, io.read_state(directory), directory)
         model.model.rotary_emb.reset_inv_freq()  # a buffer, not stored: computed from the config
         return model.to(device=device, dtype=dtype) if dtype else model.to(device)

@@ -163,6 +163,11 @@ class NumpyLlama:
     def from_pretrained(cls, directory: str | os.PathLike) -> NumpyLlama:
         """Load a directory written by `MiniLlama.save_pretrained`, `save_hf` or transformers
         (config.json + model.safetensors, or sharded); checksums are verified when present."""
+        from minillama.model.layout import quantization_config
+
+        if quantization_config(directory) is not None:
+            raise CheckpointError(f"{directory} is a quantized model (minillama quantize); the NumPy engine reads "
+                                  "float weights: use --engine torch, or its float checkpoint")
         config = load_config(directory)
         return cls(config, read_state(directory))
 

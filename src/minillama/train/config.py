@@ -138,6 +138,12 @@ class RunSection:
     resume: str = _f("auto", "auto: continue from OUT's latest checkpoint; never; or a checkpoint path")
     init_from: str | None = _f(None, "start from this model's weights (continued pretraining: its shape and "
                                      "tokenizer are used; the step count starts at 0)")
+    qat: str | None = _f(None, "quantization-aware training: the forward pass uses the weights rounded to "
+                               "int8 or int4 (straight-through gradients); then `minillama quantize` the result",
+                         choices=(None, "int8", "int4"))
+    qat_group_size: int = _f(32, "run.qat int4: input features per scale and zero point (32, 64 or 128)")
+    keep_sparsity: bool = _f(False, "keep the zeros of the blocks' weights at zero (fine-tuning a model "
+                                    "`minillama prune` made; adamw only)")
     on_nonfinite: str = _f("stop", "a NaN/inf loss or gradient: stop, or skip the batch",
                            choices=("stop", "skip"))
     max_skips: int = _f(5, "with on_nonfinite=skip: stop after this many skipped batches")
@@ -186,6 +192,9 @@ class TrainConfig:
         if self.optim.optimizer == "muon" and self.run.parallel in ("zero2", "zero3"):
             raise ValueError(f"optim.optimizer muon needs whole matrices, which run.parallel {self.run.parallel} "
                              "shards (FSDP): use run.parallel ddp or zero1")
+        if self.run.keep_sparsity and self.optim.optimizer != "adamw":
+            raise ValueError("run.keep_sparsity keeps zeros by masking gradients, which holds under adamw only; "
+                             "use optim.optimizer adamw")
         if self.optim.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.optim.warmup_steps}")
         if not 0 <= self.optim.label_smoothing < 1:

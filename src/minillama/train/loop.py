@@ -150,6 +150,14 @@ class Trainer:
             self._let_go()
             raise
         self.saved_step = self.step  # a resumed step is already saved
+        if config.run.qat:  # the same Parameters behind a rounding forward: state dict unchanged
+            from minillama.quant.fake import apply_fake_quant
+
+            apply_fake_quant(model, config.run.qat, config.run.qat_group_size)
+        if config.run.keep_sparsity:  # a pruned model's zeros stay zero (the mask read from the weights)
+            from minillama.quant.prune import mask_gradients
+
+            mask_gradients(model)
         self.wrapped = dist.wrap(model, config.run.parallel, compile=config.run.compile)
         self.optimizers = build_optimizers(model, config.optim, self.device.type,
                                            zero_redundancy=dist.parallel == "zero1")

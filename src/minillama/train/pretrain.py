@@ -204,6 +204,11 @@ def initial_model(config: TrainConfig, init_dir: Path, tokenizer_dir: Path) -> M
     if config.model.overrides:
         log.warning("run.init_from: the model's own shape is used; model.%s ignored",
                     ", model.".join(config.model.overrides))
+    from minillama.model.layout import quantization_config
+
+    if quantization_config(init_dir) is not None:  # its integer codes cannot take gradients
+        raise MiniLlamaError(f"{init_dir} is a quantized model (minillama quantize); train from its float "
+                             "checkpoint (for a model that quantizes well: --run.qat int4)")
     model = MiniLlama.from_pretrained(init_dir)
     check_tokenizer_matches(Tokenizer.from_pretrained(tokenizer_dir), model.config.vocab_size, init_dir)
     log.info("starting from the weights in %s (%d tokens)", init_dir, model.config.vocab_size)
