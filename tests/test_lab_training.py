@@ -95,3 +95,14 @@ def test_extrapolation_unscaled_rope_degrades_beyond_the_context_and_ntk_yarn_he
     assert f[f"dynamic {longest}"]["beyond"] < none["beyond"] - 0.05  # NTK-aware scaling, no retraining
     assert linear["inside"] > none["inside"] + 0.2  # interpolation without fine-tuning hurts everywhere
     assert len({round(f[f"{name} {f['context']}"]["inside"], 6) for name in ("none", "linear", "dynamic", "yarn")}) == 1
+
+
+def test_quantization_int8_is_nearly_free_and_gptq_beats_round_to_nearest_int4():
+    f = facts("quantization")
+    int8, rtn, gptq = f["int8"], f["int4"], f["gptq-int4"]
+    assert int8["kl"] < rtn["kl"] / 10
+    assert gptq["kl"] < rtn["kl"] / 3  # GPTQ: output error, not weight error, is what it minimises
+    assert gptq["weight_error"] > 0.95 * rtn["weight_error"]
+    assert f["float32"]["bytes"] > int8["bytes"] > rtn["bytes"] == gptq["bytes"]
+    for method in ("int8", "int4", "gptq-int4"):
+        assert abs(f[method]["loss"] - f["float32"]["loss"]) < 0.02
