@@ -781,7 +781,7 @@ def extrapolation(out: Path | None, quick: bool) -> LabResult:
                    f"retraining, {best} scaling holds it best ({facts[f'{best} {longest}']['beyond']:.2f}; dynamic "
                    f"NTK scaling beats none on every seed tried, yarn "
                    f"({facts[f'yarn {longest}']['beyond']:.2f}) not on all), while linear interpolation, which "
-                   f"squeezes every position, is worse than none until the model is fine-tuned on it "
+                   f"squeezes every position, is worse than none without the fine-tuning it is meant for "
                    f"({facts[f'linear {longest}']['inside']:.2f} / {facts[f'linear {longest}']['beyond']:.2f}).")
 
 
