@@ -784,7 +784,7 @@ def quantization(out: Path | None, quick: bool) -> LabResult:
     calibration = next(story_batches(32, 64, seed=lab_seed() + 11))[0]  # (32, 64) training-text windows
     with torch.no_grad():
         base_logp = [base(inputs).logits.log_softmax(-1) for inputs, _ in val]
-    base_loss = mean_loss(base, lm_loss, iter(val), len(val))
+    base_loss = mean_loss(base, llama_loss, iter(val), len(val))
     floats = {name: linear.weight.detach().clone() for name, linear in quantizable_linears(base).items()}
     rows = [["float32", 0.0, 0.0, base_loss, 0.0, model_file_bytes(base)]]
     facts = {"float32": {"loss": base_loss, "bytes": model_file_bytes(base)}}
@@ -796,7 +796,7 @@ def quantization(out: Path | None, quick: bool) -> LabResult:
         with torch.no_grad():
             kl = sum(F.kl_div(model(inputs).logits.log_softmax(-1), logp, log_target=True, reduction="none")
                      .sum(-1).mean().item() for (inputs, _), logp in zip(val, base_logp)) / len(val)
-        loss = mean_loss(model, lm_loss, iter(val), len(val))
+        loss = mean_loss(model, llama_loss, iter(val), len(val))
         facts[method] = {"weight_error": sum(errors) / len(errors), "kl": kl, "loss": loss,
                          "bytes": model_file_bytes(model)}
         rows.append([method, facts[method]["weight_error"], kl, loss, loss - base_loss, facts[method]["bytes"]])
