@@ -668,36 +668,20 @@ def _decode_speed(model: nn.Module, batch: int, context: int, new: int, rounds: 
     return batch * new / best, cache_bytes // (batch * cache.max_seq_len)
 
 
-def grouped_one_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One decoding step's attention with the G query heads of a group laid along the query axis:
-    q (B, H, 1, D), k, v (B, K, S, D) -> (B, H, 1, D). Each group's keys are read once by one matmul
-    (B, K, G, D) @ (B, K, D, S), where broadcasting (B, K, G, 1, D) @ (B, K, 1, D, S) copies them G times."""
-    B, H, _, D = q.shape
-    K = k.shape[1]
-    weights = torch.softmax(q.view(B, K, H // K, D) @ k.transpose(-1, -2) / math.sqrt(D), dim=-1)  # (B, K, G, S)
-    return (weights @ v).view(B, H, 1, D)
-
-
 @torch.no_grad()
 def _one_token_step(batch: int, heads: int, kv_heads: int, context: int, head_dim: int,
                     rounds: int) -> dict[str, float]:
-    """The model's one-token attention (`eager_attention`) and `grouped_one_token_attention` on a cache
-    of `context` keys: the largest tensor each creates, the best time of `rounds`, and how far apart
-    their outputs are."""
+    """The model's attention for one decoding step (`eager_attention`, what `sdpa` runs when T == 1)
+    on a cache of `context` keys: the largest tensor it creates and the best time of `rounds`."""
     from minillama.model.llama import eager_attention
 
     generator = torch.Generator().manual_seed(11)
     q = torch.randn(batch, heads, 1, head_dim, generator=generator)
     k, v = torch.randn(2, batch, kv_heads, context, head_dim, generator=generator).unbind(0)
-    ways = {"model": lambda: eager_attention(q, k, v, None, False),
-            "grouped": lambda: grouped_one_token_attention(q, k, v)}
-    result = {"difference": (ways["model"]() - ways["grouped"]()).abs().max().item()}
-    for name, attend in ways.items():
-        with _LargestTensor() as largest:
-            attend()
-        result[f"{name}_largest_bytes"] = largest.bytes
-        result[f"{name}_seconds"] = _best_seconds(attend, (), rounds)
-    return result
+    with _LargestTensor() as largest:
+        eager_attention(q, k, v, None, False)
+    return {"step_largest_bytes": largest.bytes,
+            "step_seconds": _best_seconds(lambda: eager_attention(q, k, v, None, False), (), rounds)}
 
 
 def kv_heads(out: Path | None, quick: bool) -> LabResult:
@@ -720,37 +704,32 @@ def kv_heads(out: Path | None, quick: bool) -> LabResult:
         for name, model in models.items():
             speed, facts[name]["cache_bytes_per_token"] = _decode_speed(model, decode_batch, context, new, rounds=1)
             facts[name]["tokens_per_second"] = max(facts[name]["tokens_per_second"], speed)
-    for _ in range(2):  # one decoding step's attention alone, both ways, in turns
+    for _ in range(2):  # one decoding step's attention alone, in turns
         for f in facts.values():
             step = _one_token_step(decode_batch, 8, f["kv_heads"], context + new, hidden // 8, rounds=10)
             for key, value in step.items():
                 f[key] = min(f.get(key, value), value)
     for name, f in facts.items():
         rows.append([name, f["kv_heads"], f["parameters"], f["val_loss"], f["cache_bytes_per_token"],
-                     f["tokens_per_second"], f["model_largest_bytes"] / 2 ** 10, f["model_seconds"] * 1e6,
-                     f["grouped_largest_bytes"] / 2 ** 10, f["grouped_seconds"] * 1e6])
+                     f["tokens_per_second"], f["step_largest_bytes"] / 2 ** 10, f["step_seconds"] * 1e6])
     mha, mqa, gqa = facts["MHA"], facts["MQA"], facts["GQA"]
     title = "8 query heads, 8 / 2 / 1 key-value heads"
     figure = _plot_curves(out, "attention-kv-heads", curves, title)
     return LabResult(
         ["attention", "kv heads", "parameters", "val loss", "KV cache bytes / token", "decode tokens / s",
-         "one-token attention: largest KiB (model)", "µs (model)", "largest KiB (grouped)", "µs (grouped)"], rows,
+         "one-token attention: largest KiB", "µs"], rows,
         figure=figure, facts=facts,
         conclusion=f"The KV cache shrinks with the key/value heads ({mha['cache_bytes_per_token']} -> "
                    f"{gqa['cache_bytes_per_token']} -> {mqa['cache_bytes_per_token']} bytes per token for MHA -> GQA "
                    f"-> MQA) while the loss after the same steps moves little ({mha['val_loss']:.3f} / "
-                   f"{gqa['val_loss']:.3f} / {mqa['val_loss']:.3f}); decoding {decode_batch} rows at {context} tokens "
-                   f"of context runs {gqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x / "
-                   f"{mqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x as fast"
-                   + (" - no faster: the model's one-token attention broadcasts the shared keys over their group "
-                      "and torch.matmul copies them, so its largest tensor is as big for MQA as for MHA "
-                      f"({mqa['model_largest_bytes'] // 1024} vs {mha['model_largest_bytes'] // 1024} KiB)"
-                      if mqa["model_largest_bytes"] >= mha["model_largest_bytes"] else "")
-                   + f". Laying each group's query heads along the query axis reads every key once: that step's "
-                     f"largest tensor falls to {mqa['grouped_largest_bytes'] // 1024} KiB for MQA and it runs "
-                     f"{mha['grouped_seconds'] / mqa['grouped_seconds']:.1f}x as fast as MHA's, which is where "
-                     "MQA's decoding speed comes from.")
-
+                   f"{gqa['val_loss']:.3f} / {mqa['val_loss']:.3f}). A decoding step's attention reads every "
+                   "cached key once per key head, so its largest tensor falls with them "
+                   f"({mha['step_largest_bytes'] // 1024} -> {gqa['step_largest_bytes'] // 1024} -> "
+                   f"{mqa['step_largest_bytes'] // 1024} KiB) and it runs "
+                   f"{mha['step_seconds'] / mqa['step_seconds']:.1f}x as fast for MQA as for MHA; whole decoding of "
+                   f"{decode_batch} rows at {context} tokens of context, where the projections and MLP cost the same, "
+                   f"runs {gqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x / "
+                   f"{mqa['tokens_per_second'] / mha['tokens_per_second']:.2f}x as fast.")
 
 EXPERIMENTS = (
     Experiment("attention-scaling", "attention",
