@@ -99,7 +99,9 @@ def llama_cpp_rows(float_dir: Path, work: Path, args: argparse.Namespace) -> lis
     if (float_dir / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_pretrained(float_dir)
     else:
-        tokenizer = Tokenizer({i: bytes([i]) for i in range(256)}, [], list(DEFAULT_SPECIAL_TOKENS))
+        # the 256 bytes and one merge (llama.cpp refuses a BPE vocabulary without merges)
+        tokenizer = Tokenizer({**{i: bytes([i]) for i in range(256)}, 256: b"th"}, [(b"t", b"h")],
+                              list(DEFAULT_SPECIAL_TOKENS))
     prompt = torch.randint(0, 256, (8,), generator=torch.Generator().manual_seed(0)).tolist()
 
     def decoder(llm) -> Callable[[], object]:

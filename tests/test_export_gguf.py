@@ -207,3 +207,13 @@ def test_quantized_files_load_and_their_perplexity_stays_near_the_float_model(mo
     assert perplexity["f16"] == pytest.approx(ours, rel=2e-3)
     assert perplexity["q8_0"] == pytest.approx(ours, rel=1e-2)
     assert perplexity["q4_0"] == pytest.approx(ours, rel=0.15)
+
+
+def test_a_tokenizer_llama_cpp_would_refuse_is_refused_in_one_line():
+    from minillama.errors import MiniLlamaError
+    from minillama.export.gguf import vocabulary
+    from minillama.tokenizer import Tokenizer
+
+    no_merges = Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
+    with pytest.raises(MiniLlamaError, match="no merges"):
+        vocabulary(no_merges, 300)
