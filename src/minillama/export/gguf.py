@@ -21,6 +21,7 @@ transformers Llama / Qwen2 would:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,8 @@ def gguf_module():
     except ImportError:
         raise MiniLlamaError("GGUF export needs the gguf package (llama.cpp's writer): "
                              "pip install 'minillama[gguf]' or pip install gguf") from None
+    # its INFO lines name the temporary file and its endianness; the CLI prints what matters
+    logging.getLogger("gguf").setLevel(logging.WARNING)
     return gguf
 
 
