@@ -242,3 +242,18 @@ def test_matrices_without_whole_32_value_blocks_fall_back_to_f16_and_still_run(t
     ours = MiniLlama.from_pretrained(tmp_path / "model").eval()(torch.tensor([ids])).logits[0].detach().numpy()
     theirs = _llama_cpp_logits(_load_llama(out), ids)
     assert np.abs(theirs - ours).max() < 0.1 * np.abs(ours).max()  # measured: 0.19 of logits up to 3.2
+
+
+def test_a_failure_while_writing_leaves_the_earlier_file_and_no_temporary(model_dirs, tmp_path, monkeypatch):
+    out = tmp_path / "model.gguf"
+    argv = ["export", "--format", "gguf", "--checkpoint", str(model_dirs["llama-gqa-tied"]), "--out", str(out)]
+    assert main(argv) == 0
+    before = out.read_bytes()
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", disk_full)
+    assert main([*argv, "--dtype", "q4_0"]) == 1
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
