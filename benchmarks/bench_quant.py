@@ -8,7 +8,8 @@ each row's model file size, median and best decoding tokens/s (greedy, batch 1, 
 `--new-tokens` new tokens, no early stop) and both as ratios to the float32 row measured in the same
 run. Rows are timed round-robin, `--repeats` times each, so a burst of load on a shared machine hits
 them all alike. A backend is a function `(float_dir, work_dir, args) -> list[Row]` in BACKENDS:
-adding another (llama.cpp's GGUF files, say) is one such function.
+torch (minillama's float32 and `minillama quantize` formats) and llama.cpp (the GGUF files of
+`minillama export --format gguf`, run by llama-cpp-python).
 """
 
 from __future__ import annotations
@@ -80,7 +81,51 @@ def torch_rows(float_dir: Path, work: Path, args: argparse.Namespace) -> list[Ro
     return rows
 
 
-BACKENDS: dict[str, Callable[[Path, Path, argparse.Namespace], list[Row]]] = {"torch": torch_rows}
+def llama_cpp_rows(float_dir: Path, work: Path, args: argparse.Namespace) -> list[Row]:
+    """llama.cpp (llama-cpp-python) running `minillama export --format gguf` files of the same float
+    checkpoint: f32, f16, q8_0 and q4_0. The same greedy loop as `generate`: the prompt in one
+    forward, then one cached step per new token, the argmax taken in Python; llama.cpp's default
+    float16 KV cache. A checkpoint without a tokenizer (random weights) gets a bytes-only one: the
+    file needs a vocabulary, the speed does not depend on it."""
+    import llama_cpp
+    import numpy as np
+
+    from minillama.export.gguf import save_gguf
+    from minillama.model import MiniLlama
+    from minillama.tokenizer import Tokenizer
+    from minillama.tokenizer.train import DEFAULT_SPECIAL_TOKENS
+
+    model = MiniLlama.from_pretrained(float_dir)
+    if (float_dir / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_pretrained(float_dir)
+    else:
+        # the 256 bytes and one merge (llama.cpp refuses a BPE vocabulary without merges)
+        tokenizer = Tokenizer({**{i: bytes([i]) for i in range(256)}, 256: b"th"}, [(b"t", b"h")],
+                              list(DEFAULT_SPECIAL_TOKENS))
+    prompt = torch.randint(0, 256, (8,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def decoder(llm) -> Callable[[], object]:
+        def decode() -> list[int]:
+            llm.reset()
+            llm.eval(prompt)
+            ids = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+            for _ in range(args.new_tokens - 1):
+                llm.eval(ids[-1:])
+                ids.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            return ids
+        return decode
+
+    rows = []
+    for dtype in ("f32", "f16", "q8_0", "q4_0"):
+        path = save_gguf(model, work / f"model-{dtype}.gguf", tokenizer, dtype)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + args.new_tokens + 1, n_threads=args.threads,
+                              n_threads_batch=args.threads, verbose=False)
+        rows.append(Row("llama.cpp", f"GGUF {dtype}", path.stat().st_size, decoder(llm)))
+    return rows
+
+
+BACKENDS: dict[str, Callable[[Path, Path, argparse.Namespace], list[Row]]] = {"torch": torch_rows,
+                                                                             "llama.cpp": llama_cpp_rows}
 
 
 def random_checkpoint(preset: str, directory: Path) -> Path:

@@ -69,9 +69,6 @@ def sandbox(tmp_path_factory):
         {"model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0, "a": 1}}}))
     (root / "english.txt").write_text("Once upon a time, a little dog ran to the park.\n" * 20)
     (root / "zh.txt").write_text("我想喝茶。\n你好。\n他是我的朋友。\n" * 20, encoding="utf-8")
-    (root / "quantized").mkdir()  # what `minillama quantize` writes: a config with quantization_config
-    config = json.loads((root / "hf" / "config.json").read_text())
-    (root / "quantized" / "config.json").write_text(json.dumps({**config, "quantization_config": {"bits": 4}}))
     (root / "flipped").mkdir()
     shutil.copytree(root / "hf", root / "flipped", dirs_exist_ok=True)
     weights = bytearray((root / "flipped" / "model.safetensors").read_bytes())
@@ -296,8 +293,8 @@ CASES = {
         ["export", "--format", "gguf", "--checkpoint", "hf", "--dtype", "q4_1", "--out", "m.gguf"],
         ["argument --dtype: invalid choice: 'q4_1'"], None),
     "export gguf of a quantized model": (
-        ["export", "--format", "gguf", "--checkpoint", "quantized", "--out", "m.gguf"],
-        ["quantized is a quantized minillama model", "export the float checkpoint", "--dtype q8_0 or q4_0"], None),
+        ["export", "--format", "gguf", "--checkpoint", "int8", "--out", "m.gguf"],
+        ["int8 is a quantized minillama model", "export the float checkpoint", "--dtype q8_0 or q4_0"], None),
     "export gguf over a plain file": (["export", "--format", "gguf", "--checkpoint", "hf", "--out", "notes.txt"],
                                       ["notes.txt exists and is not a GGUF file", "--overwrite"], None),
     "export gguf over a folder": (["export", "--format", "gguf", "--checkpoint", "hf", "--out", "foreign"],

@@ -14,11 +14,14 @@ from helpers import random_model
 from minillama.assets import asset_path
 from minillama.cli import main
 
-gguf = pytest.importorskip("gguf")
+# `make test` (CI) installs gguf and llama-cpp-python (the dev extra) and sets MINILLAMA_REQUIRE_LLAMA_CPP:
+# there these tests must run, never skip.
+REQUIRED = bool(os.environ.get("MINILLAMA_REQUIRE_LLAMA_CPP"))
+gguf = pytest.importorskip("gguf") if not REQUIRED else __import__("gguf")
 try:
     import llama_cpp
-except ImportError:  # `make test` (CI) installs it and sets this: there the tests must run, never skip
-    if os.environ.get("MINILLAMA_REQUIRE_LLAMA_CPP"):
+except ImportError:
+    if REQUIRED:
         raise
     llama_cpp = None
 needs_llama_cpp = pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python is not installed")
@@ -207,3 +210,50 @@ def test_quantized_files_load_and_their_perplexity_stays_near_the_float_model(mo
     assert perplexity["f16"] == pytest.approx(ours, rel=2e-3)
     assert perplexity["q8_0"] == pytest.approx(ours, rel=1e-2)
     assert perplexity["q4_0"] == pytest.approx(ours, rel=0.15)
+
+
+def test_a_tokenizer_llama_cpp_would_refuse_is_refused_in_one_line():
+    from minillama.errors import MiniLlamaError
+    from minillama.export.gguf import vocabulary
+    from minillama.tokenizer import Tokenizer
+
+    no_merges = Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
+    with pytest.raises(MiniLlamaError, match="no merges"):
+        vocabulary(no_merges, 300)
+
+
+@needs_llama_cpp
+def test_matrices_without_whole_32_value_blocks_fall_back_to_f16_and_still_run(tokenizer, tmp_path):
+    """hidden 48: rows of 48 inputs cannot be q4_0 blocks (f16, as convert_hf_to_gguf.py does);
+    down_proj's 64 inputs can."""
+    from minillama.model import MiniLlama
+
+    model = random_model({**SHAPE, "hidden_size": 48, "intermediate_size": 64}, seed=7, perturb=0.1,
+                         vocab_size=tokenizer.vocab_size)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "model-q4_0.gguf"
+    assert main(["export", "--format", "gguf", "--dtype", "q4_0", "--checkpoint", str(tmp_path / "model"),
+                 "--out", str(out)]) == 0
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
+    assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == gguf.GGMLQuantizationType.F16
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q4_0
+    ids = tokenizer.encode(PROMPTS[0])
+    ours = MiniLlama.from_pretrained(tmp_path / "model").eval()(torch.tensor([ids])).logits[0].detach().numpy()
+    theirs = _llama_cpp_logits(_load_llama(out), ids)
+    assert np.abs(theirs - ours).max() < 0.1 * np.abs(ours).max()  # measured: 0.19 of logits up to 3.2
+
+
+def test_a_failure_while_writing_leaves_the_earlier_file_and_no_temporary(model_dirs, tmp_path, monkeypatch):
+    out = tmp_path / "model.gguf"
+    argv = ["export", "--format", "gguf", "--checkpoint", str(model_dirs["llama-gqa-tied"]), "--out", str(out)]
+    assert main(argv) == 0
+    before = out.read_bytes()
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", disk_full)
+    assert main([*argv, "--dtype", "q4_0"]) == 1
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]

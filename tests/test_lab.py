@@ -34,3 +34,12 @@ def test_lab_refuses_an_unknown_name_and_a_foreign_out(tmp_path, capsys):
     assert main(["lab", "attention-scaling", "--quick", "--out", str(tmp_path)]) == 2
     assert "notes.txt" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_every_experiment_has_its_answer_in_the_docs():
+    """docs/questions.md shows each experiment's command (its answer and measured output beside it)."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "questions.md").read_text(encoding="utf-8")
+    missing = [e.name for e in all_experiments() if f"`minillama lab {e.name}`" not in docs]
+    assert not missing

@@ -81,6 +81,8 @@ def test_fewer_key_value_heads_shrink_the_cache_in_proportion_at_little_loss():
     assert [x["cache_bytes_per_token"] for x in (mha, gqa, mqa)] == [1024, 256, 128]
     losses = [x["val_loss"] for x in (mha, gqa, mqa)]
     assert max(losses) < 2.5 and max(losses) - min(losses) < 0.15
+    # one decoding step reads the cached keys once per key head, not once per query head
+    assert gqa["step_largest_bytes"] * 4 == mha["step_largest_bytes"] == mqa["step_largest_bytes"] * 8
 
 
 def test_stacking_attention_layers_does_not_beat_one_on_sentiment():

@@ -26,7 +26,8 @@ def test_lora_counts_and_b_starts_at_zero():
         assert counts["formula"] == counts["real"] == counts["peft"], name
     assert f["zero_b_max_logit_diff"] == 0.0 and f["zero_b_loss"] == f["base_loss"]
     assert f["grad_A"] == 0.0 and f["grad_B"] > 0  # the first step moves B only
-    assert all(loss > f["base_loss"] + 0.1 for loss in f["random_b_losses"])  # a random B jumps the loss
+    assert all(loss > f["base_loss"] + 0.05 for loss in f["random_b_losses"])  # a random B jumps the loss
+    assert f["random_b_loss"] > f["base_loss"] + 0.15
     assert f["base_loss"] < math.log(256) - 1  # the base model did learn something
 
 
@@ -55,7 +56,8 @@ def test_forgetting_the_shift_collapses_the_loss_and_breaks_generation():
     good, bad = f["decoder-only, targets = tokens[1:]"], f["decoder-only, targets = inputs"]
     assert bad["train_loss"] < 0.1 < good["train_loss"]  # copying the input is easy...
     assert bad["next_token_loss"] > good["next_token_loss"] + 2  # ...and useless for the next token
-    assert bad["copy_rate"] > 0.9 > good["copy_rate"] + 0.3
+    assert bad["predicts_input"] > 0.9 and good["predicts_input"] < 0.4  # (a space after a space: ~0.2)
+    assert bad["repeats_prompt_end"] > 0.9  # greedy generation only repeats the prompt's last token
     assert f["labels_vs_targets_difference"] < 1e-4  # unshifted labels + shift in the loss = shifted targets
     good, bad = f["enc-dec, decoder inputs = shift_right(labels)"], f["enc-dec, decoder inputs = labels"]
     assert bad["train_loss"] < 0.05 and bad["teacher_forced_accuracy"] > 0.99
@@ -95,3 +97,14 @@ def test_extrapolation_unscaled_rope_degrades_beyond_the_context_and_ntk_yarn_he
     assert f[f"dynamic {longest}"]["beyond"] < none["beyond"] - 0.05  # NTK-aware scaling, no retraining
     assert linear["inside"] > none["inside"] + 0.2  # interpolation without fine-tuning hurts everywhere
     assert len({round(f[f"{name} {f['context']}"]["inside"], 6) for name in ("none", "linear", "dynamic", "yarn")}) == 1
+
+
+def test_quantization_int8_is_nearly_free_and_gptq_beats_round_to_nearest_int4():
+    f = facts("quantization")
+    int8, rtn, gptq = f["int8"], f["int4"], f["gptq-int4"]
+    assert int8["kl"] < rtn["kl"] / 10
+    assert gptq["kl"] < rtn["kl"] / 3  # GPTQ: output error, not weight error, is what it minimises
+    assert gptq["weight_error"] > 0.95 * rtn["weight_error"]
+    assert f["float32"]["bytes"] > int8["bytes"] > rtn["bytes"] == gptq["bytes"]
+    for method in ("int8", "int4", "gptq-int4"):
+        assert abs(f[method]["loss"] - f["float32"]["loss"]) < 0.02

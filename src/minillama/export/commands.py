@@ -82,11 +82,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 def export_gguf(args: argparse.Namespace, checkpoint) -> int:
     """One .gguf file with the model and its tokenizer (`export/gguf.py`)."""
-    import json
-
     from minillama.bert import model_family
     from minillama.export.gguf import save_gguf
     from minillama.model import MiniLlama
+    from minillama.model.layout import quantization_config
     from minillama.tokenizer import Tokenizer, check_tokenizer_matches, find_tokenizer_dir
 
     dtype = {"float32": "f32", "float16": "f16"}.get(args.dtype, args.dtype or "f32")
@@ -94,8 +93,7 @@ def export_gguf(args: argparse.Namespace, checkpoint) -> int:
         raise ValueError(f"--dtype {args.dtype} is not a GGUF type; --format gguf takes {', '.join(GGUF_DTYPES)}")
     if model_family(checkpoint) == "bert":
         raise ValueError(f"{checkpoint} is a BERT model; GGUF export takes minillama's decoder (Llama / Qwen2) models")
-    config_file = checkpoint / "config.json"
-    if config_file.is_file() and "quantization_config" in json.loads(config_file.read_text(encoding="utf-8")):
+    if quantization_config(checkpoint) is not None:
         raise ValueError(f"{checkpoint} is a quantized minillama model; export the float checkpoint it came "
                          f"from: GGUF quantizes itself with --dtype q8_0 or q4_0")
     tokenizer_dir = find_tokenizer_dir(args.tokenizer, checkpoint)

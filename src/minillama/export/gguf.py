@@ -21,6 +21,7 @@ transformers Llama / Qwen2 would:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,8 @@ def gguf_module():
     except ImportError:
         raise MiniLlamaError("GGUF export needs the gguf package (llama.cpp's writer): "
                              "pip install 'minillama[gguf]' or pip install gguf") from None
+    # its INFO lines name the temporary file and its endianness; the CLI prints what matters
+    logging.getLogger("gguf").setLevel(logging.WARNING)
     return gguf
 
 
@@ -154,6 +157,9 @@ def vocabulary(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int], l
     if pattern not in PRE_TOKENIZERS:
         raise MiniLlamaError(f"the tokenizer splits text with the pattern {pattern!r}, for which llama.cpp has "
                              "no pre-tokenizer; GGUF export supports GPT-2, Qwen2 and Llama 3 style BPE")
+    if not data["model"]["merges"]:
+        raise MiniLlamaError("the tokenizer has no merges, and llama.cpp refuses a BPE vocabulary without them; "
+                             "export with a trained tokenizer")
     types = gguf.TokenType
     by_id: dict[int, tuple[str, int]] = {i: (token, types.NORMAL) for token, i in data["model"]["vocab"].items()}
     for added in data["added_tokens"]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minillama.lab.common import fit, mean_loss, random_windows, story_bytes
+from minillama.lab.common import figure_png, fit, llama_loss, mean_loss, random_windows, smooth, story_bytes
 from minillama.lab.registry import Experiment, LabResult
 
 
@@ -32,18 +32,18 @@ def _byte_config(**overrides):
     return ModelConfig(**{**shape, **overrides})
 
 
-def _lm_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
-    """Next-token cross-entropy of a MiniLlama on (inputs, targets), both (B, T)."""
-    inputs, targets = batch
-    return model(inputs, targets=targets).loss
-
-
 BATCH, SEQ = 8, 64  # the byte-level runs' batches: small, so that a few hundred steps take seconds
 
 
 def _val_loss(model: nn.Module, valid: torch.Tensor) -> float:
     """Mean next-byte loss on 4 fixed batches of 64 held-out windows (16k bytes)."""
-    return mean_loss(model, _lm_loss, _windows(valid, 64, SEQ, 1), 4)
+    return mean_loss(model, llama_loss, _windows(valid, 64, SEQ, 1), 4)
+
+
+def _unigram_nats(data: torch.Tensor) -> float:
+    """Entropy of the byte frequencies (nats): the loss of a model that ignores all context."""
+    p = torch.bincount(data, minlength=256).double() / len(data)
+    return -(p[p > 0] * p[p > 0].log()).sum().item()
 
 
 def _story_text(split: str, limit: int) -> bytes:
@@ -54,18 +54,6 @@ def _story_text(split: str, limit: int) -> bytes:
 
 def _windows(data: torch.Tensor, batch: int, seq: int, seed: int):
     return random_windows(data, batch, seq, torch.Generator().manual_seed(seed))
-
-
-def _figure(out: Path | None, name: str, draw) -> Path | None:
-    """Draw with `draw(plt)` -> fig and save it as out/NAME.png (None without out or matplotlib)."""
-    if out is None:
-        return None
-    from minillama.train.metrics import pyplot, save_figure
-
-    plt = pyplot()
-    if plt is None:
-        return None
-    return save_figure(draw(plt), out / f"{name}.png")
 
 
 # ---- 1. tokenizer vocabulary size ------------------------------------------------------------------
@@ -128,7 +116,7 @@ def tokenizer_vocab(out: Path | None, quick: bool) -> LabResult:
     facts["gain_per_doubling"] = gains
     peak = sizes[used10.index(max(used10))]
     return LabResult(
-        columns, rows, figure=_figure(out, "tokenizer-vocab", draw), facts=facts,
+        columns, rows, figure=figure_png(out, "tokenizer-vocab", draw), facts=facts,
         conclusion=f"Merges shorten the text ({bpt[0]:.2f} -> {bpt[-1]:.2f} bytes/token from {sizes[0]} to "
                    f"{sizes[-1]} tokens) but each doubling past 1024 buys less (+{gains[-2]:.2f}, then "
                    f"+{gains[-1]:.2f}) while the embedding doubles, and the share of the vocabulary that "
@@ -177,7 +165,7 @@ def special_tokens(out: Path | None, quick: bool) -> LabResult:
     model = MiniLlama(_byte_config(vocab_size=258))
     embedding_before = model.model.embed_tokens.weight.detach().clone()
     p_before = _token_probabilities(model, valid, seq)
-    fit(model, _lm_loss, _windows(train, 8, seq, 0), steps, lr=1e-2)
+    fit(model, llama_loss, _windows(train, 8, seq, 0), steps, lr=1e-2)
     embedding_moved = (model.model.embed_tokens.weight.detach() - embedding_before).norm(dim=-1)
     p_after = _token_probabilities(model, valid, seq)
     inputs, targets = p_after["inputs"], p_after["targets"]
@@ -307,7 +295,7 @@ def decoder_only(out: Path | None, quick: bool) -> LabResult:
     def draw(plt):
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
         for name, curve in curves.items():
-            ax.plot(_smooth(curve), label=name)
+            ax.plot(smooth(curve), label=name)
         ax.set_xlabel("step")
         ax.set_ylabel("own training loss (nats, smoothed)")
         ax.grid(alpha=0.3)
@@ -318,7 +306,7 @@ def decoder_only(out: Path | None, quick: bool) -> LabResult:
     ranking = sorted(f, key=f.get)
     facts["ranking"] = ranking
     return LabResult(
-        columns, rows, figure=_figure(out, "decoder-only", draw), facts=facts,
+        columns, rows, figure=figure_png(out, "decoder-only", draw), facts=facts,
         conclusion=f"At about the same size and the same steps on the same windows, the continuation's bits per "
                    f"byte are {f['decoder-only']:.2f} (decoder-only), {f['encoder-decoder']:.2f} "
                    f"(encoder-decoder) and {f['BERT']:.2f} (BERT, left to right), best first: "
@@ -349,14 +337,14 @@ def _continuation_nats(name: str, model: nn.Module, window: torch.Tensor, half: 
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten()).item()
 
 
-def _smooth(values: list[float], width: int = 20) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= width:
-            total -= values[i - width]
-        out.append(total / min(i + 1, width))
-    return out
+def _spiked(losses: list[float], by: float = 1.0) -> bool:
+    """Whether the smoothed loss climbs more than `by` nats above its best so far (a brief divergence)."""
+    best = math.inf
+    for value in smooth(losses):
+        best = min(best, value)
+        if value > best + by:
+            return True
+    return False
 
 
 # ---- 4. RMSNorm vs LayerNorm -----------------------------------------------------------------------
@@ -414,10 +402,10 @@ def rmsnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
     models = {"RMSNorm": rms_model, "LayerNorm": ln_model}
     batch = next(_windows(data, 8, 64, 3))
     step_seconds = _interleaved_seconds(
-        {name: (lambda m=m: _lm_loss(m, batch).backward()) for name, m in models.items()}, 5 if quick else 11, 2)
+        {name: (lambda m=m: llama_loss(m, batch).backward()) for name, m in models.items()}, 5 if quick else 11, 2)
     results, curves = {}, {}
     for name, model in models.items():
-        curves[name] = fit(model, _lm_loss, _windows(data, BATCH, SEQ, 0), steps)
+        curves[name] = fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps)
         results[name] = _val_loss(model, valid)
     rows = [[f"norm alone: {name}", seconds * 1e3, seconds / norm_seconds["RMSNorm (model/llama.py)"], "", ""]
             for name, seconds in norm_seconds.items()]
@@ -434,7 +422,7 @@ def rmsnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
     def draw(plt):
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
         for name, curve in curves.items():
-            ax.plot(_smooth(curve), label=name)
+            ax.plot(smooth(curve), label=name)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss (nats, smoothed)")
         ax.grid(alpha=0.3)
@@ -447,7 +435,7 @@ def rmsnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
     fused_text = f" (torch's F.rms_norm: {fused / rms:.2f}x)" if fused else ""
     faster = "faster" if ln_ratio < 1 else "slower"
     return LabResult(
-        columns, rows, figure=_figure(out, "rmsnorm-vs-layernorm", draw), facts=facts,
+        columns, rows, figure=figure_png(out, "rmsnorm-vs-layernorm", draw), facts=facts,
         conclusion=f"At equal steps the two norms reach the same loss ({results['RMSNorm']:.3f} vs "
                    f"{results['LayerNorm']:.3f} nats). RMSNorm does less arithmetic (no mean, no bias: "
                    f"{facts['params_ln'] - facts['params_rms']} fewer parameters here), but the time is the "
@@ -475,7 +463,7 @@ class _NoResidual(nn.Module):
 def _layer_grad_norms(model: nn.Module, batch: tuple) -> list[float]:
     """Gradient norm of each block's parameters for one batch, first block first."""
     model.zero_grad(set_to_none=True)
-    _lm_loss(model, batch).backward()
+    llama_loss(model, batch).backward()
     norms = [math.sqrt(sum(p.grad.pow(2).sum().item() for p in layer.parameters())) for layer in model.model.layers]
     model.zero_grad(set_to_none=True)
     return norms
@@ -510,20 +498,20 @@ def residual_connections(out: Path | None, quick: bool) -> LabResult:
         scale = _last_block_scale(model, batch)
         grads = _layer_grad_norms(model, batch)
         if any(grads) or key == "residual":
-            curves[name] = fit(model, _lm_loss, _windows(data, BATCH, SEQ, 0), steps)
+            curves[name] = fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps)
         else:  # every gradient is exactly 0 (the head's too: it reads zeros), so no step would change it
-            curves[name] = [_lm_loss(model, batch).item()] * steps
+            curves[name] = [llama_loss(model, batch).item()] * steps
         loss = _val_loss(model, valid)
         ratio = grads[0] / grads[-1] if grads[-1] else 0.0
         facts[key] = {"grads": grads, "loss": loss, "first_over_last": ratio, "last_block_output": scale}
         rows.append([name, scale, grads[0], grads[-1], ratio, loss])
-    columns = ["8-layer byte model", "mean |output| of block 8 (init)", "grad norm block 1 (init)",
+    columns = ["8-layer byte model", "mean abs output of block 8 (init)", "grad norm block 1 (init)",
                "grad norm block 8 (init)", "block 1 / block 8", f"val loss after {steps} steps"]
 
     def draw(plt):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
         for name, curve in curves.items():
-            axes[0].plot(_smooth(curve), label=name)
+            axes[0].plot(smooth(curve), label=name)
         for name, key in variants.items():
             axes[1].plot(range(1, layers + 1), [max(g, 1e-12) for g in facts[key]["grads"]], "o-", label=name)
         axes[0].set_xlabel("step")
@@ -537,12 +525,16 @@ def residual_connections(out: Path | None, quick: bool) -> LabResult:
         return fig
 
     r, p, q = facts["residual"], facts["plain"], facts["plain_fan_in"]
+    facts["unigram"] = unigram = _unigram_nats(valid)
+    fan_in_text = (f"learns, but reaches {q['loss']:.2f}" if q["loss"] < unigram - 0.1 else
+                   f"gets stuck at {q['loss']:.2f}, the byte-frequency (unigram) entropy {unigram:.2f}, i.e. "
+                   "learns no use of context,")
     return LabResult(
-        columns, rows, figure=_figure(out, "residual-connections", draw), facts=facts,
+        columns, rows, figure=figure_png(out, "residual-connections", draw), facts=facts,
         conclusion=f"Without residuals and with the model's init the signal dies on the way up (block 8's "
                    f"output {p['last_block_output']:.1g}, gradients {p['grads'][0]:.1g}) and the model cannot "
                    f"learn ({p['loss']:.2f} nats after {steps} steps); with an init that keeps the scale it "
-                   f"learns, but reaches {q['loss']:.2f} against {r['loss']:.2f} with residuals, whose identity "
+                   f"{fan_in_text} against {r['loss']:.2f} with residuals, whose identity "
                    f"path also keeps every block's gradient alike (block 1 / block 8: {r['first_over_last']:.2g} "
                    f"vs {q['first_over_last']:.2g}).")
 
@@ -580,7 +572,7 @@ def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
         for lr in rates:
             torch.manual_seed(seed)
             model = MiniLlama(_byte_config(num_hidden_layers=layers, norm_placement=placement))
-            curves[placement, lr] = fit(model, _lm_loss, _windows(data, BATCH, SEQ, 0), steps, lr=lr)
+            curves[placement, lr] = fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps, lr=lr)
             loss = _val_loss(model, valid)
             facts[placement]["loss"][str(lr)] = loss
             row.append(loss)
@@ -591,7 +583,7 @@ def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
     def draw(plt):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
         for (placement, lr), curve in curves.items():
-            axes[0].plot(_smooth(curve), "-" if placement == "pre" else "--", label=f"{placement}, lr {lr:g}")
+            axes[0].plot(smooth(curve), "-" if placement == "pre" else "--", label=f"{placement}, lr {lr:g}")
         for placement in ("pre", "post"):
             axes[1].plot(range(1, layers + 1), facts[placement]["grads"], "o-", label=placement)
         axes[0].set_xlabel("step")
@@ -613,10 +605,20 @@ def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
     leader = f"{facts['ahead']}-norm is ahead at every rate" if facts["ahead"] else "neither is ahead at every rate"
     gap = [post["loss"][str(lr)] - pre["loss"][str(lr)] for lr in rates]
     facts["post_minus_pre"] = gap
+    facts["unigram"] = unigram = _unigram_nats(valid)
+    stuck = [f"{placement} at lr {lr:g}" for placement in ("pre", "post") for lr in rates
+             if abs(facts[placement]["loss"][str(lr)] - unigram) < 0.07]
+    stuck_text = (f"; {' and '.join(stuck)} is still at the byte-frequency entropy ({unigram:.2f} nats)" if stuck
+                  else "")
+    spikes = [f"{placement} at lr {lr:g}" for (placement, lr), curve in curves.items() if _spiked(curve)]
+    facts["spikes"] = spikes
+    if spikes:
+        stuck_text += f"; the loss of {' and '.join(spikes)} spiked back up by more than 1 nat on the way (figure)"
     return LabResult(
-        columns, rows, figure=_figure(out, "pre-vs-post-norm", draw), facts=facts,
+        columns, rows, figure=figure_png(out, "pre-vs-post-norm", draw), facts=facts,
         conclusion=f"In this 8-layer byte model after {steps} steps (with the lab loop's short warmup) {leader} "
-                   f"({losses}). Post-norm's blocks start with {facts['pre_over_post_grad']:.0f}x smaller gradients, "
+                   f"({losses}{stuck_text}). Post-norm's blocks start with {facts['pre_over_post_grad']:.0f}x smaller "
+                   "gradients, "
                    f"evenly across depth (block 1 / block 8: {post['first_over_last']:.2g}; pre-norm's final norm "
                    "rescales a residual stream still at the embedding's small scale), so the textbook picture of "
                    "post-norm's gradients vanishing towards the input does not show at 8 layers; the longer study "
@@ -638,7 +640,7 @@ def ffn_width(out: Path | None, quick: bool) -> LabResult:
     for factor in factors:
         torch.manual_seed(seed)
         model = MiniLlama(_byte_config(intermediate_size=int(factor * hidden)))
-        fit(model, _lm_loss, _windows(data, BATCH, SEQ, 0), steps)
+        fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps)
         loss = _val_loss(model, valid)
         ffn = sum(p.numel() for layer in model.model.layers for p in layer.mlp.parameters())
         params = model.num_parameters()
@@ -668,7 +670,7 @@ def ffn_width(out: Path | None, quick: bool) -> LabResult:
     tail = ("the gain per parameter shrinks as it grows" if shrinking else
             "in this short run the gain per parameter does not yet shrink")
     return LabResult(
-        columns, rows, figure=_figure(out, "ffn-width", draw), facts=facts,
+        columns, rows, figure=figure_png(out, "ffn-width", draw), facts=facts,
         conclusion=f"At equal steps the loss {trend} ({measured} the hidden size): expanding gives each block "
                    "more weights to store what it learns (the FFN holds two thirds of a LLaMA block's weights at "
                    "its usual 8/3x), and the output must contract back to the residual width that every block "
@@ -765,12 +767,12 @@ def positions(out: Path | None, quick: bool) -> LabResult:
         torch.manual_seed(seed)
         model = _position_variant(name, _byte_config(vocab_size=symbols + 1, max_position_embeddings=64,
                                                      num_key_value_heads=4))
-        curves[name] = fit(model, _lm_loss, _copy_batches(16, copy_len, symbols, 0), steps)
-        facts["copy"][name] = mean_loss(model, _lm_loss, _copy_batches(64, copy_len, symbols, 99), 2)
+        curves[name] = fit(model, llama_loss, _copy_batches(16, copy_len, symbols, 0), steps)
+        facts["copy"][name] = mean_loss(model, llama_loss, _copy_batches(64, copy_len, symbols, 99), 2)
         if not quick:  # the stories run shows the gap is smaller; the tests assert the copy task
             torch.manual_seed(seed)
             model = _position_variant(name, _byte_config(max_position_embeddings=128))
-            fit(model, _lm_loss, _windows(data, BATCH, SEQ, 0), steps)
+            fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps)
             facts["bytes"][name] = _val_loss(model, valid)
         rows.append([f"(b) {name}", "", facts["copy"][name], facts["bytes"].get(name, "")])
     columns = ["measurement", "value", f"copy-task loss (chance {math.log(symbols):.2f}, set only "
@@ -780,7 +782,7 @@ def positions(out: Path | None, quick: bool) -> LabResult:
     def draw(plt):
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
         for name, curve in curves.items():
-            ax.plot(_smooth(curve), label=name)
+            ax.plot(smooth(curve), label=name)
         ax.axhline(math.log(symbols), color="gray", ls=":", label="chance")
         ax.set_xlabel("step")
         ax.set_ylabel("copy-task training loss (nats)")
@@ -795,7 +797,7 @@ def positions(out: Path | None, quick: bool) -> LabResult:
                f"{b['none']:.2f} none): the causal mask alone lets a model infer some order, and in a window cut "
                "at a random place absolute positions say little, relative ones (RoPE) much" if b else "")
     return LabResult(
-        columns, rows, figure=_figure(out, "positions", draw), facts=facts,
+        columns, rows, figure=figure_png(out, "positions", draw), facts=facts,
         conclusion=f"RoPE's q·k depends only on m - n (spread {same_offset_spread:.1g} at a fixed offset vs "
                    f"{across_spread:.2g} across offsets); on the copy task, which needs to know which token "
                    f"comes next, RoPE reaches {c['RoPE']:.2f} nats, learned absolute positions "
@@ -833,13 +835,13 @@ def batchnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
     for name, make in (("LayerNorm", lambda c: nn.LayerNorm(c, 1e-5)), ("BatchNorm", _SequenceBatchNorm)):
         torch.manual_seed(seed)
         model = _replace_norms(MiniLlama(_byte_config()), make)
-        curves[name] = fit(model, _lm_loss, _windows(data, batch, SEQ, 0), steps)
+        curves[name] = fit(model, llama_loss, _windows(data, batch, SEQ, 0), steps)
         eval_loss = _val_loss(model, valid)
         model.train()  # train mode: normalised with the batch's own statistics, as during training
         with torch.no_grad():
             # the same held-out windows as `_val_loss`, in batches of the training size
             held_out = [b for _, b in zip(range(4), _windows(valid, 64, SEQ, 1))]
-            train_mode_loss = sum(_lm_loss(model, (x[i:i + batch], y[i:i + batch])).item()
+            train_mode_loss = sum(llama_loss(model, (x[i:i + batch], y[i:i + batch])).item()
                                   for x, y in held_out for i in range(0, 64, batch)) / (4 * 64 // batch)
             alone = model(probe).logits[0]
             future = probe.clone()  # sequence 0's bytes from position 32 on replaced
@@ -867,7 +869,7 @@ def batchnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
     def draw(plt):
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
         for name, curve in curves.items():
-            ax.plot(_smooth(curve), label=name)
+            ax.plot(smooth(curve), label=name)
         ax.set_xlabel("step")
         ax.set_ylabel(f"training loss (nats, smoothed, batch {batch})")
         ax.grid(alpha=0.3)
@@ -876,7 +878,7 @@ def batchnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
 
     ln, bn = facts["LayerNorm"], facts["BatchNorm"]
     return LabResult(
-        columns, rows, figure=_figure(out, "batchnorm-vs-layernorm", draw), facts=facts,
+        columns, rows, figure=figure_png(out, "batchnorm-vs-layernorm", draw), facts=facts,
         conclusion=f"With BatchNorm a sequence's logits move by up to {bn['batchmates']:.2g} when its batchmates "
                    f"change, {bn['padding']:.2g} when they are padded, {bn['future']:.2g} at earlier positions when "
                    f"its own later bytes change (the future leaks through the batch statistics), and train and eval "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -60,3 +61,34 @@ def mean_loss(model: torch.nn.Module, loss_of: Callable[[torch.nn.Module, tuple]
     """The mean of `loss_of` over `count` batches, in eval mode."""
     model.eval()
     return sum(loss_of(model, batch).item() for _, batch in zip(range(count), batches)) / count
+
+
+def llama_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Next-token loss of a `MiniLlama` on (inputs, targets), both (B, T), through its fused head
+    (targets already shifted by one)."""
+    inputs, targets = batch
+    return model(inputs, targets=targets).loss
+
+
+def smooth(values: list[float], width: int = 20) -> list[float]:
+    """The running mean of the last `width` values: a readable loss curve."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= width:
+            total -= values[i - width]
+        out.append(total / min(i + 1, width))
+    return out
+
+
+def figure_png(out: Path | None, name: str, draw) -> Path | None:
+    """`draw(plt)` returns a figure, saved as out/NAME.png; None without `out` or matplotlib (then
+    `draw` is not called)."""
+    if out is None:
+        return None
+    from minillama.train.metrics import pyplot, save_figure
+
+    plt = pyplot()
+    if plt is None:
+        return None
+    return save_figure(draw(plt), out / f"{name}.png")
