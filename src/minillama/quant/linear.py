@@ -22,9 +22,9 @@ from minillama.quant import rtn
 BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # torch's int8 / int4 CPU kernels can only win for a few rows: for a prompt or a training batch of 512
 # rows they were 30-70x slower than dequantize + F.linear on the 2-core host of docs/quantization.md,
-# so only decoding-sized inputs use them. There, end to end (benchmarks/bench_quant.py), the int4
-# kernel decoded faster than dequantizing (1.25x on the demo model, 1.02x on the stories15M shape)
-# and the int8 one did not (0.96x, 0.92x), so int8 layers dequantize by default.
+# so only decoding-sized inputs use them. There, end to end (benchmarks/bench_quant.py at 05:00 UTC,
+# the least loaded runs), they decoded faster than dequantizing: int8 1.16x / 1.13x, int4 1.17x /
+# 1.09x (demo model / stories15M shape). A more loaded run had int8 at 0.96x: close either way.
 KERNEL_MAX_ROWS = 4
 
 
@@ -52,7 +52,7 @@ class QuantLinear(nn.Module):
             self.register_buffer("scales", torch.empty(N, groups, dtype=rtn.SCALE_DTYPE, device=device))
             self.register_buffer("zeros", torch.empty(N, groups, dtype=torch.uint8, device=device))
         self.bias = nn.Parameter(torch.empty(N, device=device), requires_grad=False) if bias else None
-        self.use_kernel = bits == 4  # torch's CPU kernel where it was measured faster (see KERNEL_MAX_ROWS)
+        self.use_kernel = True  # torch's CPU kernels for decoding-sized inputs (see KERNEL_MAX_ROWS)
         self._int4_kernel: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
