@@ -26,24 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_numpy import torch_decode  # the same timed greedy loop as the NumPy benchmark's
 
 from minillama.hardware import cpu_description
-from minillama.model import KVCache, MiniLlama, ModelConfig
+from minillama.model import MiniLlama, ModelConfig
 
 GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0")
-
-
-def torch_decode(model: MiniLlama, prompt: list[int], new_tokens: int) -> tuple[list[int], float]:
-    """Greedy ids and the seconds spent on the decode steps (prefill excluded)."""
-    cache = KVCache(model.config, 1, len(prompt) + new_tokens)
-    with torch.inference_mode():
-        token = int(model(torch.tensor([prompt]), cache=cache, logits_to_keep=1).logits[0, -1].argmax())
-        ids = [token]
-        start = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            token = int(model(torch.tensor([[token]]), cache=cache, logits_to_keep=1).logits[0, -1].argmax())
-            ids.append(token)
-        return ids, time.perf_counter() - start
 
 
 def llama_cpp_decode(path: Path, prompt: list[int], new_tokens: int, threads: int) -> tuple[list[int], float]:

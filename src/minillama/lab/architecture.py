@@ -16,7 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minillama.lab.common import figure_png, fit, llama_loss, mean_loss, random_windows, smooth, story_bytes
+from minillama.lab.common import (
+    figure_png,
+    fit,
+    llama_loss,
+    loss_curves_png,
+    mean_loss,
+    random_windows,
+    smooth,
+    story_bytes,
+)
 from minillama.lab.registry import Experiment, LabResult
 
 
@@ -292,21 +301,12 @@ def decoder_only(out: Path | None, quick: bool) -> LabResult:
     columns = ["model", "params", "bits/byte of 2nd half given 1st", "own training loss (nats)",
                "train seconds (same run)"]
 
-    def draw(plt):
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-        for name, curve in curves.items():
-            ax.plot(smooth(curve), label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("own training loss (nats, smoothed)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        return fig
-
     f = {k: v["bits_per_byte"] for k, v in facts.items()}
     ranking = sorted(f, key=f.get)
     facts["ranking"] = ranking
     return LabResult(
-        columns, rows, figure=figure_png(out, "decoder-only", draw), facts=facts,
+        columns, rows, figure=loss_curves_png(out, "decoder-only", curves, "own training loss (nats, smoothed)"),
+        facts=facts,
         conclusion=f"At about the same size and the same steps on the same windows, the continuation's bits per "
                    f"byte are {f['decoder-only']:.2f} (decoder-only), {f['encoder-decoder']:.2f} "
                    f"(encoder-decoder) and {f['BERT']:.2f} (BERT, left to right), best first: "
@@ -419,23 +419,14 @@ def rmsnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
              "norm_seconds": norm_seconds,
              "step_ratio_ln_over_rms": step_seconds["LayerNorm"] / step_seconds["RMSNorm"]}
 
-    def draw(plt):
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-        for name, curve in curves.items():
-            ax.plot(smooth(curve), label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (nats, smoothed)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        return fig
-
     rms = norm_seconds["RMSNorm (model/llama.py)"]
     ln_ratio = norm_seconds["nn.LayerNorm"] / rms
     fused = norm_seconds.get("F.rms_norm")
     fused_text = f" (torch's F.rms_norm: {fused / rms:.2f}x)" if fused else ""
     faster = "faster" if ln_ratio < 1 else "slower"
     return LabResult(
-        columns, rows, figure=figure_png(out, "rmsnorm-vs-layernorm", draw), facts=facts,
+        columns, rows, figure=loss_curves_png(out, "rmsnorm-vs-layernorm", curves, "training loss (nats, smoothed)"),
+        facts=facts,
         conclusion=f"At equal steps the two norms reach the same loss ({results['RMSNorm']:.3f} vs "
                    f"{results['LayerNorm']:.3f} nats). RMSNorm does less arithmetic (no mean, no bias: "
                    f"{facts['params_ln'] - facts['params_rms']} fewer parameters here), but the time is the "
@@ -866,19 +857,10 @@ def batchnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
                "... own later bytes changed (earlier positions)", "... train vs eval mode",
                f"val loss, train mode (batch {batch})", "val loss, eval mode"]
 
-    def draw(plt):
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-        for name, curve in curves.items():
-            ax.plot(smooth(curve), label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"training loss (nats, smoothed, batch {batch})")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        return fig
-
     ln, bn = facts["LayerNorm"], facts["BatchNorm"]
     return LabResult(
-        columns, rows, figure=figure_png(out, "batchnorm-vs-layernorm", draw), facts=facts,
+        columns, rows, figure=loss_curves_png(out, "batchnorm-vs-layernorm", curves,
+                                          f"training loss (nats, smoothed, batch {batch})"), facts=facts,
         conclusion=f"With BatchNorm a sequence's logits move by up to {bn['batchmates']:.2g} when its batchmates "
                    f"change, {bn['padding']:.2g} when they are padded, {bn['future']:.2g} at earlier positions when "
                    f"its own later bytes change (the future leaks through the batch statistics), and train and eval "

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minillama.lab.common import figure_png, fit, llama_loss, mean_loss, random_windows, smooth, story_bytes
+from minillama.lab.common import (
+    figure_png,
+    fit,
+    llama_loss,
+    loss_curves_png,
+    mean_loss,
+    random_windows,
+    story_bytes,
+)
 from minillama.lab.registry import Experiment, LabResult
 
 
@@ -155,23 +163,6 @@ def _step_seconds(models: dict[str, nn.Module], loss_of, batch: int, seq: int, r
     return best
 
 
-def _plot_curves(out: Path | None, name: str, curves: dict[str, list[float]], title: str) -> Path | None:
-    """Smoothed training-loss curves, one per label, as out/NAME.png."""
-
-    def draw(plt):
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-        for label, losses in curves.items():
-            ax.plot(smooth(losses), label=label)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (nats/byte, smoothed)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        return fig
-
-    return figure_png(out, name, draw)
-
-
 # ---- multiplicative vs additive ---------------------------------------------------------------
 def additive_attention(out: Path | None, quick: bool) -> LabResult:
     """The same byte-level LM with dot-product scores and with Bahdanau's additive scores w·tanh(q + k),
@@ -201,7 +192,7 @@ def additive_attention(out: Path | None, quick: bool) -> LabResult:
     quality = (f"about the same loss ({dot['val_loss']:.3f} dot vs {add['val_loss']:.3f} additive)" if abs(gap) < 0.03
                else f"{'a lower' if gap < 0 else 'a higher'} loss with additive scores ({add['val_loss']:.3f} vs "
                     f"{dot['val_loss']:.3f} dot: its tanh adds a little capacity)")
-    figure = _plot_curves(out, "attention-additive", curves, "dot-product vs additive scores")
+    figure = loss_curves_png(out, "attention-additive", curves, title="dot-product vs additive scores")
     return LabResult(
         ["scores", "val loss", "ms / step", "score MFLOPs / layer (fwd)", "score intermediate MiB / layer"], rows,
         figure=figure, facts=facts,
@@ -304,7 +295,7 @@ def dropout_placement(out: Path | None, quick: bool) -> LabResult:
     facts["unscaled_mean"] = (kept != 0).float().mean().item()  # ≈ 1 - p without that scaling
     best = min(settings, key=lambda name: facts[name]["val_loss"])
     none = facts["none"]
-    figure = _plot_curves(out, "attention-dropout", curves, f"training loss, {size / 1000:g} KB of text, p={p}")
+    figure = loss_curves_png(out, "attention-dropout", curves, title=f"{size / 1000:g} KB of text, p={p}")
     return LabResult(
         ["dropout on", "train loss", "val loss", "gap", "train mode: max |Δ| of 2 passes", "eval mode: max |Δ|"],
         rows, figure=figure, facts={"p": p, "best": best, **facts},
@@ -370,7 +361,7 @@ def qkv_bias(out: Path | None, quick: bool) -> LabResult:
         facts[f"val_loss_{init}"] = val
         curves[f"q/k/v biases from {init}"] = losses
         rows.append([f"train, q/k/v biases from {init}", "-", "-", val])
-    figure = _plot_curves(out, "attention-bias", curves, "MiniLlama with attention_bias")
+    figure = loss_curves_png(out, "attention-bias", curves, title="MiniLlama with attention_bias")
     zeros, random = facts["val_loss_zeros"], facts["val_loss_random"]
     return LabResult(
         ["bias", "max |Δ output| (no positions)", "max |Δ output| (RoPE)", "val loss"], rows,
@@ -541,7 +532,7 @@ def shared_qkv(out: Path | None, quick: bool) -> LabResult:
                      trained["asymmetry"], trained["argmax_self"], trained["weight_self"], val])
     facts["uniform_weight_self"] = uniform
     sep, sh = facts["separate"], facts["shared"]
-    figure = _plot_curves(out, "attention-shared-qkv", curves, "separate vs shared Q/K/V projection")
+    figure = loss_curves_png(out, "attention-shared-qkv", curves, title="separate vs shared Q/K/V projection")
     return LabResult(
         ["projections", "parameters", "asymmetry (init)", "argmax = self (init)", "asymmetry (trained)",
          "argmax = self (trained)", "weight on self (trained)", "val loss"], rows, figure=figure, facts=facts,
@@ -714,7 +705,7 @@ def kv_heads(out: Path | None, quick: bool) -> LabResult:
                      f["tokens_per_second"], f["step_largest_bytes"] / 2 ** 10, f["step_seconds"] * 1e6])
     mha, mqa, gqa = facts["MHA"], facts["MQA"], facts["GQA"]
     title = "8 query heads, 8 / 2 / 1 key-value heads"
-    figure = _plot_curves(out, "attention-kv-heads", curves, title)
+    figure = loss_curves_png(out, "attention-kv-heads", curves, title=title)
     return LabResult(
         ["attention", "kv heads", "parameters", "val loss", "KV cache bytes / token", "decode tokens / s",
          "one-token attention: largest KiB", "µs"], rows,

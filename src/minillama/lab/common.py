@@ -92,3 +92,22 @@ def figure_png(out: Path | None, name: str, draw) -> Path | None:
     if plt is None:
         return None
     return save_figure(draw(plt), out / f"{name}.png")
+
+
+def loss_curves_png(out: Path | None, name: str, curves: dict[str, list[float]],
+                    ylabel: str = "training loss (nats, smoothed)", title: str | None = None) -> Path | None:
+    """Smoothed loss curves against the step, one per label, as out/NAME.png."""
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        for label, losses in curves.items():
+            ax.plot(smooth(losses), label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return fig
+
+    return figure_png(out, name, draw)
