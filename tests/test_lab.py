@@ -37,9 +37,10 @@ def test_lab_refuses_an_unknown_name_and_a_foreign_out(tmp_path, capsys):
 
 
 def test_every_experiment_has_its_answer_in_the_docs():
-    """docs/questions.md shows each experiment's command (its answer and measured output beside it)."""
+    """docs/questions.md (and its Chinese twin) shows each experiment's command, its answer beside it."""
     from pathlib import Path
 
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "questions.md").read_text(encoding="utf-8")
-    missing = [e.name for e in all_experiments() if f"`minillama lab {e.name}`" not in docs]
-    assert not missing
+    for page in ("questions.md", "questions.zh-CN.md"):
+        docs = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+        missing = [e.name for e in all_experiments() if f"minillama lab {e.name}" not in docs]
+        assert not missing, page
