@@ -16,32 +16,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minillama.finetune.classify import sst2_split
-
-PAD, UNK = 0, 1
-
-
-def build_vocab(sentences: list[str], min_count: int = 2) -> dict[str, int]:
-    """Word -> id for words seen at least `min_count` times (SST-2 is lower-cased and tokenized,
-    so splitting on spaces gives its words); 0 is padding, 1 any other word."""
-    counts = Counter(word for sentence in sentences for word in sentence.split())
-    words = sorted(w for w, n in counts.items() if n >= min_count)
-    return {word: i for i, word in enumerate(words, start=2)}
-
-
-def encode(sentences: list[str], vocab: dict[str, int], max_len: int = 64) -> torch.Tensor:
-    """(N, T) word ids, right-padded with 0 to the longest sentence (at most `max_len` words)."""
-    rows = [[vocab.get(w, UNK) for w in s.split()][:max_len] or [UNK] for s in sentences]
-    ids = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row)
-    return ids
+from minillama.finetune.classify import PAD_WORD as PAD
+from minillama.finetune.classify import sst2_word_ids, sst2_word_vocab
 
 
 class AttentionSentiment(nn.Module):
@@ -96,11 +77,6 @@ def train(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, epochs: int
     return losses
 
 
-def load_split(split: str, vocab: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    pairs = sst2_split(split)
-    return encode([s for _, s in pairs], vocab), torch.tensor([label for label, _ in pairs])
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    vocab = build_vocab([s for _, s in sst2_split("train")])
+    vocab = sst2_word_vocab()
     (train_ids, train_labels), (dev_ids, dev_labels), (test_ids, test_labels) = (
-        load_split(split, vocab) for split in ("train", "dev", "test"))
+        sst2_word_ids(split, vocab) for split in ("train", "dev", "test"))
     model = AttentionSentiment(len(vocab) + 2, args.dim, args.heads, args.dropout)
     start = time.perf_counter()
     losses = train(model, train_ids, train_labels, args.epochs, lr=args.lr, seed=args.seed)

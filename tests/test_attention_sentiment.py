@@ -36,9 +36,9 @@ def test_the_architecture_is_the_seed_one(example):
 
 def test_it_learns_sentiment_well_above_chance(example, one_thread):
     torch.manual_seed(0)
-    vocab = example.build_vocab([s for _, s in example.sst2_split("train")])
-    train_ids, train_labels = example.load_split("train", vocab)
-    dev_ids, dev_labels = example.load_split("dev", vocab)
+    vocab = example.sst2_word_vocab()
+    train_ids, train_labels = example.sst2_word_ids("train", vocab)
+    dev_ids, dev_labels = example.sst2_word_ids("dev", vocab)
     model = example.AttentionSentiment(len(vocab) + 2)
     before = example.accuracy(model, dev_ids, dev_labels)
     losses = example.train(model, train_ids, train_labels, epochs=2)

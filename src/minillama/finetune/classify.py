@@ -66,6 +66,32 @@ def sst2_split(split: str) -> list[tuple[int, str]]:
     return read_labelled_tsv(asset_path(f"sentiment/sst2_{split}.tsv.gz"))
 
 
+PAD_WORD, UNKNOWN_WORD = 0, 1  # the ids `sst2_word_ids` gives padding and words outside the vocabulary
+
+
+def sst2_word_vocab(min_count: int = 2) -> dict[str, int]:
+    """Word -> id for the SST-2 training words seen at least `min_count` times (SST-2 is lower-cased
+    and tokenized, so splitting on spaces gives its words), from 2 on: 0 pads, 1 is any other word.
+    For the word-level models of examples/attention_sentiment.py and `minillama lab attention-depth`."""
+    import collections
+
+    counts = collections.Counter(word for _, sentence in sst2_split("train") for word in sentence.split())
+    return {word: i for i, word in enumerate(sorted(w for w, n in counts.items() if n >= min_count), start=2)}
+
+
+def sst2_word_ids(split: str, vocab: dict[str, int], max_len: int = 64):
+    """The split's sentences as word ids (N, T), right-padded with `PAD_WORD` to the longest (at most
+    `max_len` words), and their labels (N,)."""
+    import torch
+
+    pairs = sst2_split(split)
+    rows = [[vocab.get(w, UNKNOWN_WORD) for w in s.split()][:max_len] or [UNKNOWN_WORD] for _, s in pairs]
+    ids = torch.full((len(rows), max(map(len, rows))), PAD_WORD, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+    return ids, torch.tensor([label for label, _ in pairs])
+
+
 def encode_sentences(tokenizer: Any, pairs: list[tuple[int, str]], max_len: int) -> list[Example]:
     """Token ids (truncated to `max_len`; no special tokens, so no text token is the pad token).
     A BERT tokenizer frames each sentence as `[CLS] sentence [SEP]` within `max_len`."""

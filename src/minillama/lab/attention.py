@@ -571,18 +571,6 @@ class StackedSentiment(nn.Module):
         return self.classify((x * keep).sum(1) / keep.sum(1))  # mean over the real words
 
 
-def _sst2_ids(split: str, vocab: dict[str, int], max_len: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shipped SST-2 split as word ids (N, T), right-padded with 0 (1: a word not in `vocab`), and labels (N,)."""
-    from minillama.finetune.classify import sst2_split
-
-    pairs = sst2_split(split)
-    rows = [[vocab.get(word, 1) for word in sentence.split()][:max_len] or [1] for _, sentence in pairs]
-    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row)
-    return ids, torch.tensor([label for label, _ in pairs])
-
-
 def _sentiment_batches(ids: torch.Tensor, labels: torch.Tensor, batch: int, generator: torch.Generator):
     while True:
         rows = torch.randint(0, len(ids), (batch,), generator=generator)
@@ -597,17 +585,14 @@ def _classify_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -
 def sentiment_depth(out: Path | None, quick: bool) -> LabResult:
     """The seed's one-layer attention sentiment model against 2 and 4 stacked layers (plain, as in the
     seed, and with residual connections), each trained for the same steps on SST-2: dev accuracy."""
-    from collections import Counter
-
-    from minillama.finetune.classify import sst2_split
+    from minillama.finetune.classify import sst2_word_ids, sst2_word_vocab
 
     steps, batch = (80, 32) if quick else (150, 32)
     variants = [(1, False), (4, False)] if quick else [(1, False), (2, False), (4, False), (4, True)]
     seed = torch.initial_seed()
-    counts = Counter(word for _, sentence in sst2_split("train") for word in sentence.split())
-    vocab = {word: i for i, word in enumerate(sorted(w for w, n in counts.items() if n >= 2), start=2)}
-    train_ids, train_labels = _sst2_ids("train", vocab)
-    dev_ids, dev_labels = _sst2_ids("dev", vocab)
+    vocab = sst2_word_vocab()
+    train_ids, train_labels = sst2_word_ids("train", vocab)
+    dev_ids, dev_labels = sst2_word_ids("dev", vocab)
     rows, facts = [], {}
     for layers, residual in variants:
         name = f"{layers} layer{'s' if layers > 1 else ''}" + (" + residual" if residual else "")
