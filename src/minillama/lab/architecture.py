@@ -46,7 +46,7 @@ BATCH, SEQ = 8, 64  # the byte-level runs' batches: small, so that a few hundred
 
 def _val_loss(model: nn.Module, valid: torch.Tensor) -> float:
     """Mean next-byte loss on 4 fixed batches of 64 held-out windows (16k bytes)."""
-    return mean_loss(model, llama_loss, _windows(valid, 64, SEQ, 1), 4)
+    return mean_loss(model, llama_loss, random_windows(valid, 64, SEQ, 1), 4)
 
 
 def _unigram_nats(data: torch.Tensor) -> float:
@@ -59,10 +59,6 @@ def _story_text(split: str, limit: int) -> bytes:
     """The shipped stories as UTF-8 bytes, at most `limit`, cut at a whole character."""
     data = story_bytes(split, limit).to(torch.uint8).numpy().tobytes()
     return data.decode("utf-8", "ignore").encode("utf-8")
-
-
-def _windows(data: torch.Tensor, batch: int, seq: int, seed: int):
-    return random_windows(data, batch, seq, torch.Generator().manual_seed(seed))
 
 
 # ---- 1. tokenizer vocabulary size ------------------------------------------------------------------
@@ -174,7 +170,7 @@ def special_tokens(out: Path | None, quick: bool) -> LabResult:
     model = MiniLlama(_byte_config(vocab_size=258))
     embedding_before = model.model.embed_tokens.weight.detach().clone()
     p_before = _token_probabilities(model, valid, seq)
-    fit(model, llama_loss, _windows(train, 8, seq, 0), steps, lr=1e-2)
+    fit(model, llama_loss, random_windows(train, 8, seq, 0), steps, lr=1e-2)
     embedding_moved = (model.model.embed_tokens.weight.detach() - embedding_before).norm(dim=-1)
     p_after = _token_probabilities(model, valid, seq)
     inputs, targets = p_after["inputs"], p_after["targets"]
@@ -282,14 +278,14 @@ def decoder_only(out: Path | None, quick: bool) -> LabResult:
         return loss_of
 
     rows, facts, curves = [], {}, {}
-    evaluation = next(_windows(valid, 48 if quick else 256, 2 * half - 1, 7))
+    evaluation = next(random_windows(valid, 48 if quick else 256, 2 * half - 1, 7))
     window = torch.cat([evaluation[0], evaluation[1][:, -1:]], dim=1)
     for name, make in models.items():
         torch.manual_seed(seed)
         model = make()
         params = sum(p.numel() for p in model.parameters())
         start = time.perf_counter()
-        curves[name] = fit(model, train_loss(name), _windows(data, batch, 2 * half - 1, 0), steps, lr=1e-2)
+        curves[name] = fit(model, train_loss(name), random_windows(data, batch, 2 * half - 1, 0), steps, lr=1e-2)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             nats = _continuation_nats(name, model, window, half)
@@ -400,12 +396,12 @@ def rmsnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
     torch.manual_seed(seed)
     ln_model = _replace_norms(MiniLlama(_byte_config()), lambda c: nn.LayerNorm(c, 1e-5))
     models = {"RMSNorm": rms_model, "LayerNorm": ln_model}
-    batch = next(_windows(data, 8, 64, 3))
+    batch = next(random_windows(data, 8, 64, 3))
     step_seconds = _interleaved_seconds(
         {name: (lambda m=m: llama_loss(m, batch).backward()) for name, m in models.items()}, 5 if quick else 11, 2)
     results, curves = {}, {}
     for name, model in models.items():
-        curves[name] = fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps)
+        curves[name] = fit(model, llama_loss, random_windows(data, BATCH, SEQ, 0), steps)
         results[name] = _val_loss(model, valid)
     rows = [[f"norm alone: {name}", seconds * 1e3, seconds / norm_seconds["RMSNorm (model/llama.py)"], "", ""]
             for name, seconds in norm_seconds.items()]
@@ -472,7 +468,7 @@ def residual_connections(out: Path | None, quick: bool) -> LabResult:
 
     steps, layers = (40, 8) if quick else (200, 8)
     data, valid = story_bytes("train", 1_500_000), story_bytes("val")
-    batch = next(_windows(data, BATCH, SEQ, 5))
+    batch = next(random_windows(data, BATCH, SEQ, 5))
     rows, facts, curves = [], {}, {}
     variants = {"with residuals": "residual", "without (model's init)": "plain",
                 "without (1/fan_in init)": "plain_fan_in"}
@@ -489,7 +485,7 @@ def residual_connections(out: Path | None, quick: bool) -> LabResult:
         scale = _last_block_scale(model, batch)
         grads = _layer_grad_norms(model, batch)
         if any(grads) or key == "residual":
-            curves[name] = fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps)
+            curves[name] = fit(model, llama_loss, random_windows(data, BATCH, SEQ, 0), steps)
         else:  # every gradient is exactly 0 (the head's too: it reads zeros), so no step would change it
             curves[name] = [llama_loss(model, batch).item()] * steps
         loss = _val_loss(model, valid)
@@ -553,7 +549,7 @@ def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
     steps = 40 if quick else 100
     rates = (1e-2,) if quick else (3e-3, 1e-2)
     data, valid = story_bytes("train", 1_500_000), story_bytes("val")
-    batch = next(_windows(data, BATCH, SEQ, 5))
+    batch = next(random_windows(data, BATCH, SEQ, 5))
     rows, facts, curves = [], {}, {}
     for placement in ("pre", "post"):
         torch.manual_seed(seed)
@@ -563,7 +559,7 @@ def pre_vs_post_norm(out: Path | None, quick: bool) -> LabResult:
         for lr in rates:
             torch.manual_seed(seed)
             model = MiniLlama(_byte_config(num_hidden_layers=layers, norm_placement=placement))
-            curves[placement, lr] = fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps, lr=lr)
+            curves[placement, lr] = fit(model, llama_loss, random_windows(data, BATCH, SEQ, 0), steps, lr=lr)
             loss = _val_loss(model, valid)
             facts[placement]["loss"][str(lr)] = loss
             row.append(loss)
@@ -631,7 +627,7 @@ def ffn_width(out: Path | None, quick: bool) -> LabResult:
     for factor in factors:
         torch.manual_seed(seed)
         model = MiniLlama(_byte_config(intermediate_size=int(factor * hidden)))
-        fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps)
+        fit(model, llama_loss, random_windows(data, BATCH, SEQ, 0), steps)
         loss = _val_loss(model, valid)
         ffn = sum(p.numel() for layer in model.model.layers for p in layer.mlp.parameters())
         params = model.num_parameters()
@@ -763,7 +759,7 @@ def positions(out: Path | None, quick: bool) -> LabResult:
         if not quick:  # the stories run shows the gap is smaller; the tests assert the copy task
             torch.manual_seed(seed)
             model = _position_variant(name, _byte_config(max_position_embeddings=128))
-            fit(model, llama_loss, _windows(data, BATCH, SEQ, 0), steps)
+            fit(model, llama_loss, random_windows(data, BATCH, SEQ, 0), steps)
             facts["bytes"][name] = _val_loss(model, valid)
         rows.append([f"(b) {name}", "", facts["copy"][name], facts["bytes"].get(name, "")])
     columns = ["measurement", "value", f"copy-task loss (chance {math.log(symbols):.2f}, set only "
@@ -820,18 +816,18 @@ def batchnorm_vs_layernorm(out: Path | None, quick: bool) -> LabResult:
 
     steps, batch = (150, 4) if quick else (300, 4)
     data, valid = story_bytes("train", 1_500_000), story_bytes("val")
-    probe = next(_windows(valid, 3, SEQ, 11))[0]  # sequence 0 and two batchmates
-    other = next(_windows(valid, 3, SEQ, 12))[0]
+    probe = next(random_windows(valid, 3, SEQ, 11))[0]  # sequence 0 and two batchmates
+    other = next(random_windows(valid, 3, SEQ, 12))[0]
     rows, facts, curves = [], {}, {}
     for name, make in (("LayerNorm", lambda c: nn.LayerNorm(c, 1e-5)), ("BatchNorm", _SequenceBatchNorm)):
         torch.manual_seed(seed)
         model = _replace_norms(MiniLlama(_byte_config()), make)
-        curves[name] = fit(model, llama_loss, _windows(data, batch, SEQ, 0), steps)
+        curves[name] = fit(model, llama_loss, random_windows(data, batch, SEQ, 0), steps)
         eval_loss = _val_loss(model, valid)
         model.train()  # train mode: normalised with the batch's own statistics, as during training
         with torch.no_grad():
             # the same held-out windows as `_val_loss`, in batches of the training size
-            held_out = [b for _, b in zip(range(4), _windows(valid, 64, SEQ, 1))]
+            held_out = [b for _, b in zip(range(4), random_windows(valid, 64, SEQ, 1))]
             train_mode_loss = sum(llama_loss(model, (x[i:i + batch], y[i:i + batch])).item()
                                   for x, y in held_out for i in range(0, 64, batch)) / (4 * 64 // batch)
             alone = model(probe).logits[0]

@@ -137,7 +137,7 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
 
 def _windows(split: str, batch: int, seq: int, seed: int, data: torch.Tensor | None = None):
     data = story_bytes(split, 400_000) if data is None else data
-    return random_windows(data, batch, seq, torch.Generator().manual_seed(seed))
+    return random_windows(data, batch, seq, seed)
 
 
 def _train_and_eval(model: nn.Module, loss_of, steps: int, batch: int, seq: int, seed: int = 0,

@@ -20,10 +20,10 @@ def story_bytes(split: str = "train", limit: int = 2_000_000) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
 
 
-def random_windows(data: torch.Tensor, batch: int, seq: int,
-                   generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (inputs, targets) pairs of random windows from `data`, targets shifted by one.
-    Each (batch, seq) int64."""
+def random_windows(data: torch.Tensor, batch: int, seq: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (inputs, targets) pairs of random windows from `data`, targets shifted by one, the same
+    windows for the same `seed`. Each (batch, seq) int64."""
+    generator = torch.Generator().manual_seed(seed)
     while True:
         starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=generator)
         windows = torch.stack([data[s:s + seq + 1] for s in starts.tolist()])

@@ -34,7 +34,7 @@ def lab_seed() -> int:
 def story_batches(batch: int, seq: int, seed: int | None = None):
     """Endless (inputs, targets) byte windows of the shipped training stories."""
     seed = lab_seed() if seed is None else seed
-    return random_windows(story_bytes("train", 400_000), batch, seq, torch.Generator().manual_seed(seed))
+    return random_windows(story_bytes("train", 400_000), batch, seq, seed)
 
 
 def trained_byte_model(steps: int, seq: int = 64, batch: int = 16, **overrides) -> MiniLlama:
@@ -47,7 +47,7 @@ def trained_byte_model(steps: int, seq: int = 64, batch: int = 16, **overrides) 
 
 def held_out(seq: int = 64, batch: int = 16, count: int = 4, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed list of validation batches, so every model in an experiment is measured on the same text."""
-    windows = random_windows(story_bytes("val", 200_000), batch, seq, torch.Generator().manual_seed(seed))
+    windows = random_windows(story_bytes("val", 200_000), batch, seq, seed)
     return [next(windows) for _ in range(count)]
 
 
@@ -722,8 +722,7 @@ def extrapolation(out: Path | None, quick: bool) -> LabResult:
     rows, facts, curves = [], {"context": context, "lengths": list(lengths)}, {}
     for length in lengths:
         # the same number of predicted tokens at every length
-        inputs, targets = next(random_windows(text, 4096 // length, length,
-                                              torch.Generator().manual_seed(lab_seed() + length)))
+        inputs, targets = next(random_windows(text, 4096 // length, length, lab_seed() + length))
         row = [length]
         for name in scalings:
             rope = Scaling(name).rope_scaling(length, context)
