@@ -51,6 +51,17 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
+OVERWRITE_HELP = "replace what --out holds even if minillama did not write it (never an input)"
+
+
+def add_output_option(parser: argparse._ActionsContainer, help: str, required: bool = True, default: str | None = None,
+                      overwrite_help: str = OVERWRITE_HELP) -> None:
+    """`--out DIR` and `--overwrite`, the same pair in every command that writes: `--out` never destroys
+    what the command did not write unless `--overwrite` says so (`files.check_output`)."""
+    parser.add_argument("--out", required=required, default=default, metavar="DIR", help=help)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
+
 def add_checkpoint_option(parser: argparse.ArgumentParser, what: str = "model", required: bool = True,
                           flag: str = "--checkpoint", group: argparse._ActionsContainer | None = None) -> None:
     """`--checkpoint DIR`, the same in every command: a directory holding a `what` (config.json +

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from minillama.options import add_checkpoint_option
+from minillama.options import add_checkpoint_option, add_output_option
 
 HF_DTYPES = ("float32", "bfloat16", "float16")
 GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0")  # minillama.export.gguf.DTYPES, without importing numpy here
@@ -24,11 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's, if it has one)")
     export.add_argument("--format", choices=["hf", "gguf"], default="hf",
                         help="hf: a transformers directory; gguf: one llama.cpp file (default: %(default)s)")
-    export.add_argument("--out", required=True,
-                        help="hf: the output directory: new, empty, or an earlier export (replaced atomically); "
-                             "gguf: the .gguf file: new or an earlier GGUF file (replaced atomically)")
-    export.add_argument("--overwrite", action="store_true",
-        help="replace what --out holds even if minillama did not write it (never an input)")
+    add_output_option(export, "hf: the output directory: new, empty, or an earlier export (replaced atomically); "
+                              "gguf: the .gguf file: new or an earlier GGUF file (replaced atomically)")
     export.add_argument("--dtype", choices=[*HF_DTYPES, *GGUF_DTYPES], default=None,
                         help="weight dtype: float32, bfloat16 or float16 for hf (default float32); f32, f16, "
                              "q8_0 or q4_0 for gguf (default f32; q8_0 / q4_0: llama.cpp's blocks of 32 weights "
@@ -40,10 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Import a local transformers Llama or Qwen2 model directory (safetensors). "
                     "Loading is strict: a missing or unexpected weight is an error naming it.")
     imp.add_argument("--hf", required=True, help="transformers model directory")
-    imp.add_argument("--out", required=True,
-                     help="model directory to write: new, empty, or an earlier model directory")
-    imp.add_argument("--overwrite", action="store_true",
-        help="replace what --out holds even if minillama did not write it (never an input)")
+    add_output_option(imp, "model directory to write: new, empty, or an earlier model directory")
     imp.set_defaults(func=run_import)
 
 

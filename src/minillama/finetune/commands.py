@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from minillama.options import add_checkpoint_option, positive_int
+from minillama.options import add_checkpoint_option, add_output_option, positive_int
 from minillama.train.checkpoint import resolve_checkpoint
 from minillama.train.config import TrainConfig, add_config_arguments
 
@@ -62,10 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "transformers-loadable model directory.")
     add_checkpoint_option(merge, "base model", flag="--base")
     add_checkpoint_option(merge, "LoRA adapter", flag="--adapter")
-    merge.add_argument("--out", required=True,
-                       help="output model directory: new, empty or an earlier model (replaced atomically)")
-    merge.add_argument("--overwrite", action="store_true",
-        help="replace what --out holds even if minillama did not write it (never an input)")
+    add_output_option(merge, "output model directory: new, empty or an earlier model (replaced atomically)")
     merge.add_argument("--tokenizer", help="tokenizer directory (default: the adapter's, else the base's)")
     merge.set_defaults(func=run_merge)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from minillama.options import add_output_option
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     lab = subparsers.add_parser(
@@ -13,11 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "support, and with --out writes NAME.json and a figure.")
     lab.add_argument("name", nargs="?", metavar="NAME", help="the experiment to run (see the list)")
     lab.add_argument("--all", action="store_true", help="run every experiment, one after another")
-    lab.add_argument("--out", metavar="DIR",
-                     help="write NAME.json (table, answer, measured facts) and NAME.png here: a new or empty "
-                          "directory, or an earlier lab output (its other files stay)")
-    lab.add_argument("--overwrite", action="store_true",
-                     help="write into --out even if it holds files minillama did not write there")
+    add_output_option(lab, "write NAME.json (table, answer, measured facts) and NAME.png here: a new or empty "
+                           "directory, or an earlier lab output (its other files stay)", required=False,
+                      overwrite_help="write into --out even if it holds files minillama did not write there")
     lab.add_argument("--quick", action="store_true",
                      help="the smallest setting in which each answer still holds (what the tests run)")
     lab.add_argument("--seed", type=int, default=0, help="torch seed (default: %(default)s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from minillama.options import add_checkpoint_option, positive_int
+from minillama.options import add_checkpoint_option, add_output_option, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,11 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resize.add_argument("--init", choices=("mean", "random", "subword"), default="subword",
                         help="new rows: the model's random init, the mean of the old rows, or the mean of "
                              "the rows of the old tokens each new token was spelled with (default: %(default)s)")
-    resize.add_argument("--out", required=True, metavar="DIR",
-                        help="output model directory: new, empty or an earlier model (replaced atomically)")
+    add_output_option(resize, "output model directory: new, empty or an earlier model (replaced atomically)")
     resize.add_argument("--seed", type=int, default=0, help="seed of --init random (default: %(default)s)")
-    resize.add_argument("--overwrite", action="store_true",
-                        help="replace what --out holds even if minillama did not write it (never an input)")
     resize.set_defaults(func=run_resize)
 
 

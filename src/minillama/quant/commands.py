@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from minillama.options import add_checkpoint_option, positive_int
+from minillama.options import add_checkpoint_option, add_output_option, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,10 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--damp", type=float, default=0.01,
                         help="gptq-int4: Hessian dampening, a fraction of its mean diagonal (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="calibration sample seed (default: %(default)s)")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output model directory: new, empty or an earlier model directory (replaced atomically)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace what --out holds even if minillama did not write it (never an input)")
+    add_output_option(parser, "output model directory: new, empty or an earlier model directory (replaced atomically)")
     parser.set_defaults(func=run_quantize)
 
     prune = subparsers.add_parser(
@@ -56,10 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prune.add_argument("--max-documents", type=positive_int, default=None, metavar="N",
                        help="--sweep: evaluate on the first N validation stories only (default: all)")
     prune.add_argument("--seq-len", type=positive_int, default=256, help="--sweep: evaluation window (default: 256)")
-    prune.add_argument("--out", required=True, metavar="DIR",
-                       help="output directory: new, empty or an earlier one of the same kind (replaced atomically)")
-    prune.add_argument("--overwrite", action="store_true",
-                       help="replace what --out holds even if minillama did not write it (never an input)")
+    add_output_option(prune, "output directory: new, empty or an earlier one of the same kind (replaced atomically)")
     prune.set_defaults(func=run_prune)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minillama.options import positive_int
+from minillama.options import add_output_option, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,11 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--vocab-size", type=positive_int, default=4096, help="tokens in all (default: %(default)s)")
     train.add_argument("--special-tokens", nargs="*", default=list(DEFAULT_SPECIAL_TOKENS), metavar="TOKEN",
                        help="special tokens, given ids 0, 1, ... (default: %(default)s)")
-    train.add_argument("--out", default="runs/tokenizer", metavar="DIR",
-                       help="output directory: new, empty or an earlier tokenizer (default: %(default)s; "
-                            "replaced atomically)")
-    train.add_argument("--overwrite", action="store_true",
-        help="replace what --out holds even if minillama did not write it (never an input)")
+    add_output_option(train, "output directory: new, empty or an earlier tokenizer (default: %(default)s; "
+                             "replaced atomically)", required=False, default="runs/tokenizer")
     train.add_argument("--engine", choices=ENGINES, default="minillama",
                        help="our trainer, or the tokenizers library's for very large corpora")
     train.add_argument("--workers", type=positive_int, default=None,
@@ -45,10 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="UTF-8 text files, plain or .gz (default: the training split of the shipped "
                              "Tatoeba Chinese sentences, dataset tatoeba-zh)")
     extend.add_argument("--add", type=int, required=True, metavar="N", help="new tokens to learn (at most)")
-    extend.add_argument("--out", required=True, metavar="DIR",
-                        help="output directory: new, empty or an earlier tokenizer (replaced atomically)")
-    extend.add_argument("--overwrite", action="store_true",
-                        help="replace what --out holds even if minillama did not write it (never an input)")
+    add_output_option(extend, "output directory: new, empty or an earlier tokenizer (replaced atomically)")
     extend.add_argument("--allow-ascii", action="store_true",
                         help="also learn tokens made only of ASCII bytes (then English text may encode "
                              "differently; the old ids stay valid either way)")

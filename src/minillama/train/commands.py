@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from minillama.errors import MiniLlamaError
-from minillama.options import add_checkpoint_option, comma_separated, positive_int
+from minillama.options import add_checkpoint_option, add_output_option, comma_separated, positive_int
 from minillama.train.config import add_config_arguments
 from minillama.train.extrapolation import DEFAULT_MAX_WINDOWS, SCALINGS, parse_scaling
 
@@ -52,10 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     "NAME:F fixes the factor at F, e.g. yarn:16")
     extrapolation.add_argument("--max-windows", type=positive_int, metavar="N",
                                help=f"windows of the longest length to read (default: {DEFAULT_MAX_WINDOWS})")
-    extrapolation.add_argument("--out", metavar="DIR", help="write the table and plot here (default: the "
-                                                            "checkpoint's run directory)")
-    extrapolation.add_argument("--overwrite", action="store_true",
-                               help="let --out replace a directory that is not an earlier such output")
+    add_output_option(extrapolation, "write the table and plot here (default: the checkpoint's run directory)",
+                      required=False, overwrite_help="let --out replace a directory that is not an earlier such output")
     evaluate.set_defaults(func=run_eval)
 
 
