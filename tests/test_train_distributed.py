@@ -3,26 +3,24 @@ same global batch, for DDP and each ZeRO stage (with gradient accumulation and c
 stage shards what it should; and checkpoints resume under any stage and world size."""
 
 import json
-import os
-import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
+from helpers import TORCHRUN, logged_losses, needs_torchrun, run_minillama
+from helpers import TORCHRUN_ENV as ENV
 
 from minillama.model import MiniLlama
 
+pytestmark = needs_torchrun
 STEPS = 6
-TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # Two micro-batches a step and a tight clip: accumulation and clipping are part of what must match.
 ACCUM = ["--optim.grad_accum", "2", "--optim.grad_clip", "0.5"]
 
 
 def train(out_dir, corpus, processes, batch_size, parallel="ddp", extra=(), launch=None):
     tokenizer, prepared, _ = corpus
-    args = ["-m", "minillama", "train", "--model.preset", "debug", "--run.out_dir", str(out_dir),
+    args = ["train", "--model.preset", "debug", "--run.out_dir", str(out_dir),
             "--data.tokenizer", str(tokenizer), "--data.prepared", str(prepared), "--data.seq_len", "32",
             "--data.batch_size", str(batch_size), "--budget.max_steps", str(STEPS), "--run.log_interval", "1",
             "--run.eval_interval", "3", "--run.precision", "float32", "--run.progress", "false",
@@ -30,14 +28,8 @@ def train(out_dir, corpus, processes, batch_size, parallel="ddp", extra=(), laun
     if launch is not None:  # the caller starts the processes (two "nodes")
         launch(args)
     else:
-        if processes > 1:
-            command = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}", *args]
-        else:
-            command = [sys.executable, *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
-        assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r]
+        run_minillama(args, processes)
+    return logged_losses(out_dir)
 
 
 def memory_record(out_dir):
@@ -116,7 +108,8 @@ def two_nodes(args):
     launches = [subprocess.Popen([TORCHRUN, "--nnodes", "2", "--node_rank", str(node), "--nproc-per-node", "1",
                                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                                   "--rdzv-id", "two-nodes", "--local-addr", "127.0.0.1", "--max-restarts", "0",
-                                  *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+                                  "-m", "minillama", *args],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
                 for node in (0, 1)]
     try:
         outputs = [launch.communicate(timeout=300)[0] for launch in launches]

@@ -50,9 +50,12 @@ class TranslateSettings:
 
 
 def translation_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of the target tokens (B, T) given the source, -100 (padding) ignored."""
-    return model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+    """Mean cross-entropy of the target tokens (B, T) given the source, -100 (padding) ignored;
+    times the batch's `loss_weight` where it has one (its share of a global batch under torchrun:
+    `data.LengthBucketedBatches`)."""
+    loss = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
                  label_smoothing=label_smoothing).loss
+    return loss * batch["loss_weight"] if "loss_weight" in batch else loss
 
 
 @torch.no_grad()
@@ -128,15 +131,21 @@ def train_translation(config: TrainConfig, settings: TranslateSettings) -> dict[
         model = build_model(settings, tokenizer)
         train, skipped = data.encode_pairs(tokenizer, data.oriented(splits["train"], settings.direction), max_len)
         validation, _ = data.encode_pairs(tokenizer, data.oriented(splits["validation"], settings.direction), max_len)
-        if skipped:
+        if skipped and dist.is_main:
             log.info("left out %d training pairs longer than %d tokens", skipped, max_len)
         pad = model.config.pad_token_id
         batches = data.LengthBucketedBatches(train, config.data.batch_size, partial(data.collate, pad_token_id=pad),
                                              seed=config.run.seed, rank=dist.rank, world_size=dist.world_size)
-        shard = validation[dist.rank::dist.world_size]
+        shard, limit = validation[dist.rank::dist.world_size], config.run.eval_batches
+        # Rank r scores every world_size-th pair, so the ranks together score the pairs one process
+        # would (the first eval_batches global batches); each rank's mean per token is weighted by
+        # its share of their tokens, as in training, so the mean over ranks is one process's.
+        scored = validation if limit is None else validation[:limit * config.data.batch_size * dist.world_size]
+        share = sum(len(e.labels) for e in scored[dist.rank::dist.world_size]) * dist.world_size \
+            / max(1, sum(len(e.labels) for e in scored))
 
         def evaluate(wrapped: nn.Module) -> float:
-            return validation_loss(wrapped, shard, config.data.batch_size, pad, dist.device, config.run.eval_batches)
+            return validation_loss(wrapped, shard, config.data.batch_size, pad, dist.device, limit) * share
 
         mean_target = sum(len(e.labels) for e in train) / len(train)
         trainer = Trainer(config, model, batches, evaluate, dist, batch_loss=translation_loss,
