@@ -137,3 +137,14 @@ def test_mixed_precision_under_sharding_follows_one_process(small_corpus, tmp_pa
     two, _ = train(tmp_path / "two", small_corpus, 2, batch_size=2, parallel="zero2", extra=bf16)
     assert len(two) == len(one) == 4
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-3, (one, two)
+
+
+def test_a_validation_split_of_uneven_windows_is_evaluated_under_zero3(small_corpus, tmp_path):
+    # Every window of 46 tokens scored in batches of 2: an odd number of windows used to leave rank 0
+    # one more (one more batch, here), whose forward waited for rank 1 at FSDP's all-gather forever.
+    from minillama.data import TokenFile
+
+    assert (len(TokenFile(small_corpus[1] / "val.bin")) - 1) // 46 % 4 == 1  # 381 windows: 191 and 190
+    _, val_losses = train(tmp_path, small_corpus, 2, batch_size=2, parallel="zero3",
+                          extra=["--data.seq_len", "46", "--run.eval_batches", "1000", "--budget.max_steps", "1"])
+    assert len(val_losses) == 1
