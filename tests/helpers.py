@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -69,3 +77,24 @@ def attention_logsumexp(q, k, mask, causal):
     if mask is not None:
         allowed = allowed & mask
     return torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+# ---- torchrun: data-parallel training on the CPU with gloo -------------------------------------
+TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this Python")
+
+
+def run_minillama(args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
+    """`python -m minillama ARGS` in one process, or in `processes` under `torchrun --standalone`."""
+    launcher = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    done = subprocess.run([*launcher, "-m", "minillama", *args], capture_output=True, text=True, timeout=300,
+                          env=TORCHRUN_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def logged_losses(out_dir: Path) -> tuple[list[float], list[float]]:
+    """(train losses, validation losses) in a run's metrics.jsonl."""
+    records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r]

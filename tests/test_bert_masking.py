@@ -83,14 +83,14 @@ class _Sized:
         return VOCAB
 
 
-def _batches(tmp_path, mode="sequential", seed=3):
+def _batches(tmp_path, mode="sequential", seed=3, rank=0, world_size=1):
     ids = np.random.default_rng(0).integers(5, VOCAB, 2000)
     ids[::50] = SEP  # document boundaries
     path = tmp_path / "train.bin"
     if not path.exists():
         write_token_file(path, ids)
     tokenizer = SimpleNamespace(cls_token_id=CLS, sep_token_id=SEP, mask_token_id=MASK, special_ids=lambda: SPECIAL)
-    return MLMBatches(TokenLoader(path, 4, 30, mode=mode, seed=seed), tokenizer, VOCAB, seed)
+    return MLMBatches(TokenLoader(path, 4, 30, mode=mode, seed=seed), tokenizer, VOCAB, seed, rank, world_size)
 
 
 def test_batches_frame_windows_with_cls_and_sep(tmp_path):
@@ -133,3 +133,17 @@ def test_masks_resume_exactly_and_follow_the_seed(tmp_path):
 def test_batch_generators_differ_by_batch():
     a, b = batch_generator(1, 0), batch_generator(1, 1)
     assert not torch.equal(torch.rand(5, generator=a), torch.rand(5, generator=b))
+
+
+def test_ranks_take_their_rows_of_one_process_batch(tmp_path):
+    """Under torchrun every rank masks the whole global batch (4 windows) as one process does and
+    takes its rows, weighted by its share of the selected tokens (1 in one process)."""
+    one = _batches(tmp_path, mode="random")
+    ranks = [_batches(tmp_path, mode="random", rank=r, world_size=2) for r in (0, 1)]
+    for _ in range(3):
+        whole, halves = next(one), [next(r) for r in ranks]
+        assert float(whole["loss_weight"]) == 1.0
+        for key in ("input_ids", "labels", "attention_mask"):
+            assert torch.equal(torch.cat([h[key] for h in halves]), whole[key])
+        selected = [int((h["labels"] != -100).sum()) for h in halves]
+        assert [float(h["loss_weight"]) for h in halves] == pytest.approx([2 * n / sum(selected) for n in selected])

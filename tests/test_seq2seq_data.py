@@ -95,3 +95,18 @@ def test_sentences_longer_than_the_positions_are_refused_or_cut(pairs, tmp_path)
     assert len(data.encode_sources(tokenizer, ["Hi.", long], 16, truncate=True)[1]) == 16
     with pytest.raises(MiniLlamaError, match="sentence 1 is empty"):
         data.encode_sources(tokenizer, [""], 16)
+
+
+def test_ranks_take_the_global_batch_with_their_share_of_its_target_tokens():
+    g = torch.Generator().manual_seed(1)
+    examples = [data.TranslationExample([3] * int(n), [4] * int(m)) for n, m in torch.randint(1, 20, (64, 2),
+                                                                                             generator=g)]
+    collate = partial(data.collate, pad_token_id=1)
+    one = data.LengthBucketedBatches(examples, 8, collate, seed=2)
+    ranks = [data.LengthBucketedBatches(examples, 4, collate, seed=2, rank=r, world_size=2) for r in (0, 1)]
+    for _ in range(10):  # crosses an epoch (8 batches each)
+        whole, halves = next(one), [next(r) for r in ranks]
+        assert float(whole["loss_weight"]) == 1.0
+        tokens = [int((b["labels"] != -100).sum()) for b in halves]
+        assert sum(tokens) == int((whole["labels"] != -100).sum())
+        assert [float(b["loss_weight"]) for b in halves] == pytest.approx([2 * n / sum(tokens) for n in tokens])

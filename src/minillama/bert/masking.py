@@ -63,12 +63,15 @@ class MLMBatches:
     `[CLS] window [SEP]` (windows cross document boundaries, where the token files hold [SEP], as
     RoBERTa's FULL-SENTENCES), corrupted by `mask_tokens` with the batch's own generator.
 
-    Batches are dicts: input_ids, labels (B, seq_len), attention_mask (all ones: no padding).
-    The state is the loader's (its step numbers the batches, so masks resume exactly); under data
-    parallelism each rank draws from its own generator, seeded by (seed, step, rank)."""
+    Batches are dicts: input_ids, labels (B, seq_len), attention_mask (all ones: no padding), and
+    loss_weight (see `share`). The state is the loader's (its step numbers the batches, so masks
+    resume exactly). Under data parallelism the loader reads the whole global batch (batch_size x
+    world_size windows), masked with the generator of (seed, step) as one process masks it, and
+    rank r trains on its rows: 2 processes see the batches 1 process sees with twice the batch."""
 
-    def __init__(self, loader: Any, tokenizer: Any, vocab_size: int, seed: int):
+    def __init__(self, loader: Any, tokenizer: Any, vocab_size: int, seed: int, rank: int = 0, world_size: int = 1):
         self.loader, self.seed, self.vocab_size = loader, seed, vocab_size
+        self.rank, self.world_size = rank, world_size
         self.cls, self.sep, self.mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
         self.special = tokenizer.special_ids()
 
@@ -77,9 +80,19 @@ class MLMBatches:
 
     def __next__(self) -> dict[str, torch.Tensor]:
         step = self.loader.step
-        windows, _ = next(self.loader)  # (B, seq_len - 2); the targets half is the causal LM's
-        generator = batch_generator(self.seed, step * self.loader.world_size + self.loader.rank)
-        return self.frame(windows, generator)
+        windows, _ = next(self.loader)  # (B, seq_len - 2), the global batch; the targets half is the causal LM's
+        return self.share(self.frame(windows, batch_generator(self.seed, step)))
+
+    def share(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's rows of a masked global batch, with `loss_weight` (a scalar): its share of
+        the batch's selected tokens times the world size. The loss is a mean over the selected
+        tokens and DDP / FSDP average the ranks' gradients, so the ranks' means scaled by their
+        weights average to the mean over the whole global batch (the weight is 1 in one process)."""
+        rows = len(batch["input_ids"])
+        mine = slice(self.rank * rows // self.world_size, (self.rank + 1) * rows // self.world_size)
+        selected = batch["labels"] != IGNORE_INDEX
+        weight = int(selected[mine].sum()) * self.world_size / max(1, int(selected.sum()))
+        return {**{k: v[mine] for k, v in batch.items()}, "loss_weight": torch.tensor(weight)}
 
     def frame(self, windows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """(B, T - 2) token windows -> a masked batch of (B, T) with [CLS] / [SEP] around each."""

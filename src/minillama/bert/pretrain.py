@@ -51,9 +51,11 @@ class BertModelSettings:
 
 def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy over the selected (masked) positions of batch = input_ids, labels,
-    attention_mask, each (B, T)."""
-    return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+    attention_mask, each (B, T); times the batch's `loss_weight` where it has one (its share of a
+    global batch under torchrun: `MLMBatches.share`)."""
+    loss = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                  label_smoothing=label_smoothing).loss
+    return loss * batch["loss_weight"] if "loss_weight" in batch else loss
 
 
 @dataclass
@@ -74,32 +76,38 @@ class BertFiles:
 
 
 @torch.no_grad()
-def mlm_scores(model: nn.Module, framed: Iterator[dict[str, torch.Tensor]], device: torch.device
-               ) -> dict[str, float]:
-    """Masked-token loss and accuracy (the original token is the arg max) over masked batches."""
-    loss, correct, count = 0.0, 0, 0
+def mlm_scores(model: nn.Module, framed: Iterator[dict[str, torch.Tensor]], device: torch.device,
+               dist: Distributed | None = None) -> dict[str, float]:
+    """Masked-token loss and accuracy (the original token is the arg max) over masked batches;
+    with `dist` (under torchrun, each rank scoring its share) over all ranks' batches."""
+    sums = torch.zeros(3, dtype=torch.float64)  # loss, correct guesses, masked tokens
     for batch in framed:
         batch = {k: v.to(device) for k, v in batch.items()}
         selected = batch["labels"] != -100
-        n = int(selected.sum())
-        if n == 0:
-            continue
+        # every rank runs every forward, even with nothing selected: FSDP gathers weights collectively
         logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits[selected]  # (n, V)
-        loss += float(nn.functional.cross_entropy(logits.float(), batch["labels"][selected], reduction="sum"))
-        correct += int((logits.argmax(-1) == batch["labels"][selected]).sum())
-        count += n
+        loss = nn.functional.cross_entropy(logits.float(), batch["labels"][selected], reduction="sum")
+        correct = (logits.argmax(-1) == batch["labels"][selected]).sum()
+        sums += torch.tensor([float(loss), int(correct), int(selected.sum())], dtype=torch.float64)
+    if dist is not None and dist.world_size > 1:
+        sums = sums.to(dist.device)
+        torch.distributed.all_reduce(sums)
+        sums = sums.cpu()
+    loss, correct, count = sums.tolist()
     if count == 0:
         raise MiniLlamaError("the validation text is too short for one window; use a shorter data.seq_len")
-    return {"loss": loss / count, "accuracy": correct / count, "masked_tokens": count}
+    return {"loss": loss / count, "accuracy": correct / count, "masked_tokens": int(count)}
 
 
-def validation_batches(batches: MLMBatches, tokens: np.ndarray, batch_size: int, seq_len: int, rank: int = 0,
-                       world_size: int = 1, max_batches: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Fixed windows of `seq_len - 2` tokens over `tokens`, framed and masked with fixed seeds."""
+def validation_batches(batches: MLMBatches, tokens: np.ndarray, batch_size: int, seq_len: int,
+                       max_batches: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Fixed windows of `seq_len - 2` tokens over `tokens`, framed and masked with fixed seeds, in
+    global batches of `batch_size` x world size of which this rank gets its share (`batches.share`)."""
     from minillama.data import windows_of
 
-    for i, (windows, _) in enumerate(windows_of(tokens, batch_size, seq_len - 2, rank, world_size, max_batches)):
-        yield batches.frame(windows, batch_generator(EVAL_SEED, i * world_size + rank))
+    global_batch = batch_size * batches.world_size
+    for i, (windows, _) in enumerate(windows_of(tokens, global_batch, seq_len - 2, max_batches=max_batches)):
+        yield batches.share(batches.frame(windows, batch_generator(EVAL_SEED, i)))
 
 
 def ensure_bert_tokenizer(config: TrainConfig, dist: Distributed) -> Path:
@@ -150,17 +158,18 @@ def pretrain_bert(config: TrainConfig, model_settings: BertModelSettings) -> Tra
         model = BertForMaskedLM(bert_config)
         if config.run.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
-        loader = TokenLoader(prepared / "train.bin", data.batch_size, data.seq_len - 2, mode=data.loader,
-                             seed=config.run.seed, rank=dist.rank, world_size=dist.world_size)
-        batches = MLMBatches(loader, tokenizer, bert_config.vocab_size, config.run.seed)
+        # every rank reads the global batch: its masks are one process's, and each rank takes its rows
+        loader = TokenLoader(prepared / "train.bin", data.batch_size * dist.world_size, data.seq_len - 2,
+                             mode=data.loader, seed=config.run.seed)
+        batches = MLMBatches(loader, tokenizer, bert_config.vocab_size, config.run.seed, dist.rank, dist.world_size)
         val_tokens = TokenLoader(prepared / "val.bin", data.batch_size, data.seq_len - 2).file.tokens
 
         def evaluate(wrapped: nn.Module) -> float:
-            framed = validation_batches(batches, val_tokens, data.batch_size, data.seq_len, dist.rank,
-                                        dist.world_size, config.run.eval_batches)
-            scores = mlm_scores(wrapped, framed, dist.device)
-            log.info("validation: masked-token loss %.4f, accuracy %.3f (%d masked tokens)", scores["loss"],
-                     scores["accuracy"], scores["masked_tokens"])
+            framed = validation_batches(batches, val_tokens, data.batch_size, data.seq_len, config.run.eval_batches)
+            scores = mlm_scores(wrapped, framed, dist.device, dist)  # over all ranks: the same on each
+            if dist.is_main:
+                log.info("validation: masked-token loss %.4f, accuracy %.3f (%d masked tokens)", scores["loss"],
+                         scores["accuracy"], scores["masked_tokens"])
             return scores["loss"]
 
         trainer = Trainer(config, model, batches, evaluate, dist, batch_loss=mlm_loss,

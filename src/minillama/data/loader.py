@@ -157,9 +157,11 @@ def windows_of(
     """Batches of non-overlapping windows over `tokens`, in order: every token but the first is a
     target exactly once (up to the (len - 1) % seq_len tokens after the last whole window); the
     last batch may be smaller. Rank r of world_size takes every world_size-th window, so the ranks
-    together cover the tokens once (sum their losses and counts)."""
+    together cover the tokens once, but for the last windows % world_size windows: every rank takes
+    as many, so all run as many forwards (under FSDP each gathers weights collectively: one more on
+    one rank deadlocks) and their mean losses weigh alike."""
     windows = (len(tokens) - 1) // seq_len
-    starts = np.arange(rank, windows, world_size) * seq_len
+    starts = np.arange(rank, windows - windows % world_size, world_size) * seq_len
     if max_batches is not None:
         starts = starts[: max_batches * batch_size]
     for i in range(0, len(starts), batch_size):

@@ -25,6 +25,7 @@ import torch
 
 from minillama.errors import MiniLlamaError
 from minillama.finetune.batches import ExampleBatches
+from minillama.model.config import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 DIRECTIONS = ("en-zh", "zh-en")
@@ -186,11 +187,21 @@ class LengthBucketedBatches(ExampleBatches):
         shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return [i for batch in shuffled for i in batch] + tail
 
+    def __next__(self) -> dict[str, torch.Tensor]:
+        """This rank's batch, with `loss_weight`: its share of the global batch's target tokens
+        times the world size. The loss is a mean per target token and DDP / FSDP average the ranks'
+        gradients, so each rank's mean scaled by its weight averages to the mean over the whole
+        global batch: what one process computes with the global batch (1 in one process)."""
+        batch = super().__next__()
+        taken = self._order[self.position - self.global_batch:self.position]  # the global batch just cut
+        total = sum(len(self.examples[i].labels) for i in taken)
+        mine = int((batch["labels"] != IGNORE_INDEX).sum())
+        batch["loss_weight"] = torch.tensor(mine * (self.global_batch // self.batch_size) / total)
+        return batch
+
 
 def collate(examples: Sequence[TranslationExample], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids (B, S) with attention_mask (B, S), and labels (B, T) padded with -100."""
-    from minillama.model.config import IGNORE_INDEX
-
     S, T = max(len(e.ids) for e in examples), max(len(e.labels) for e in examples)
     input_ids = torch.full((len(examples), S), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), S), dtype=torch.long)

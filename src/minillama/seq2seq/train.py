@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from minillama.errors import MiniLlamaError
-from minillama.finetune.batches import fixed_batches
 from minillama.model.config import IGNORE_INDEX
 from minillama.seq2seq import data
 from minillama.seq2seq.config import Seq2SeqConfig, config_from_preset
@@ -50,22 +49,35 @@ class TranslateSettings:
 
 
 def translation_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of the target tokens (B, T) given the source, -100 (padding) ignored."""
-    return model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+    """Mean cross-entropy of the target tokens (B, T) given the source, -100 (padding) ignored;
+    times the batch's `loss_weight` where it has one (its share of a global batch under torchrun:
+    `data.LengthBucketedBatches`)."""
+    loss = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
                  label_smoothing=label_smoothing).loss
+    return loss * batch["loss_weight"] if "loss_weight" in batch else loss
 
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, examples: list[data.TranslationExample], batch_size: int, pad_token_id: int,
-                    device: torch.device, max_batches: int | None = None) -> float:
-    """Mean loss per target token (no smoothing) over (the first `max_batches` batches of) `examples`."""
-    total, count = 0.0, 0
-    for batch in fixed_batches(examples, batch_size, partial(data.collate, pad_token_id=pad_token_id), max_batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        n = int((batch["labels"] != IGNORE_INDEX).sum())
-        total += float(translation_loss(model, batch)) * n
-        count += n
-    return total / max(count, 1)
+                    device: torch.device, max_batches: int | None = None, rank: int = 0, world_size: int = 1) -> float:
+    """Mean loss per target token (no smoothing) over (the first `max_batches` batches of) `examples`.
+
+    Under torchrun the batches are global, of `batch_size` x `world_size` pairs, and rank `rank`
+    scores its rows of each; it returns its summed loss over the tokens of all ranks, times the
+    world size, so the mean over ranks is one process's mean. Every rank runs a forward for every
+    global batch, as FSDP gathers weights collectively (one with no rows of a short last batch
+    scores a row of it and counts nothing)."""
+    rows = batch_size * world_size
+    scored = examples if max_batches is None else examples[:max_batches * rows]
+    total = 0.0
+    for start in range(0, len(scored), rows):
+        batch = scored[start:start + rows]
+        mine = batch[rank * len(batch) // world_size:(rank + 1) * len(batch) // world_size]
+        tensors = {k: v.to(device) for k, v in data.collate(mine or batch[:1], pad_token_id).items()}
+        loss = float(translation_loss(model, tensors))
+        if mine:
+            total += loss * int((tensors["labels"] != IGNORE_INDEX).sum())
+    return total * world_size / max(1, sum(len(e.labels) for e in scored))
 
 
 @dataclass
@@ -128,15 +140,15 @@ def train_translation(config: TrainConfig, settings: TranslateSettings) -> dict[
         model = build_model(settings, tokenizer)
         train, skipped = data.encode_pairs(tokenizer, data.oriented(splits["train"], settings.direction), max_len)
         validation, _ = data.encode_pairs(tokenizer, data.oriented(splits["validation"], settings.direction), max_len)
-        if skipped:
+        if skipped and dist.is_main:
             log.info("left out %d training pairs longer than %d tokens", skipped, max_len)
         pad = model.config.pad_token_id
         batches = data.LengthBucketedBatches(train, config.data.batch_size, partial(data.collate, pad_token_id=pad),
                                              seed=config.run.seed, rank=dist.rank, world_size=dist.world_size)
-        shard = validation[dist.rank::dist.world_size]
 
         def evaluate(wrapped: nn.Module) -> float:
-            return validation_loss(wrapped, shard, config.data.batch_size, pad, dist.device, config.run.eval_batches)
+            return validation_loss(wrapped, validation, config.data.batch_size, pad, dist.device,
+                                   config.run.eval_batches, dist.rank, dist.world_size)
 
         mean_target = sum(len(e.labels) for e in train) / len(train)
         trainer = Trainer(config, model, batches, evaluate, dist, batch_loss=translation_loss,
