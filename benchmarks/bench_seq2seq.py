@@ -14,18 +14,17 @@ the same tokens (tests/test_seq2seq_decode.py), so both sides do the same work.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 from minillama.hardware import cpu_description
 from minillama.seq2seq.config import config_from_preset
 from minillama.seq2seq.decode import beam_search_ids, generate_ids
-from minillama.seq2seq.model import MiniSeq2Seq, sinusoidal_table
+from minillama.seq2seq.model import MiniSeq2Seq
+from minillama.seq2seq.reference import TorchTransformerMT
 
 
 def padded_batch(batch: int, vocab: int, seed: int, lengths: tuple[int, int] = (6, 24)):
@@ -41,39 +40,14 @@ def padded_batch(batch: int, vocab: int, seed: int, lengths: tuple[int, int] = (
     return source.masked_fill(mask == 0, 1), mask, labels
 
 
-class TorchTransformerMT(torch.nn.Module):
-    """torch.nn.Transformer with the same embeddings, positions and tied head: PyTorch's own layers."""
-
-    def __init__(self, ours: MiniSeq2Seq):
-        super().__init__()
-        c = ours.config
-        self.config = c
-        self.embed = torch.nn.Embedding(c.vocab_size, c.d_model, c.pad_token_id)
-        self.register_buffer("positions", sinusoidal_table(c.max_position_embeddings, c.d_model))
-        self.transformer = torch.nn.Transformer(c.d_model, c.encoder_attention_heads, c.encoder_layers,
-                                                c.decoder_layers, c.encoder_ffn_dim, c.dropout, c.activation_function,
-                                                batch_first=True, norm_first=c.normalize_before)
-
-    def forward(self, source, mask, labels):
-        c, scale = self.config, math.sqrt(self.config.d_model)
-        decoder_input = torch.cat([torch.full_like(labels[:, :1], c.decoder_start_token_id), labels[:, :-1]], 1)
-        decoder_input = decoder_input.masked_fill(decoder_input == -100, c.pad_token_id)
-        src = self.embed(source) * scale + self.positions[:source.shape[1]]
-        tgt = self.embed(decoder_input) * scale + self.positions[:labels.shape[1]]
-        causal = torch.nn.Transformer.generate_square_subsequent_mask(labels.shape[1])
-        hidden = self.transformer(src, tgt, tgt_mask=causal, src_key_padding_mask=mask == 0,
-                                  memory_key_padding_mask=mask == 0, tgt_is_causal=True)
-        return F.cross_entropy((hidden @ self.embed.weight.T).flatten(0, 1), labels.flatten(), ignore_index=-100)
-
-
 def training_steps(ours: MiniSeq2Seq, marian, batches, bf16: bool) -> dict:
     """name -> one training step over the next batch (each side keeps its own optimizer)."""
-    torch_mt = TorchTransformerMT(ours)
+    torch_mt = TorchTransformerMT(ours.config)
     losses = {
         "minillama": (ours, lambda m, b: m(b[0], b[1], labels=b[2]).loss),
         "minillama (smoothing 0.1)": (ours, lambda m, b: m(b[0], b[1], labels=b[2], label_smoothing=0.1).loss),
         "MarianMTModel": (marian, lambda m, b: m(input_ids=b[0], attention_mask=b[1], labels=b[2]).loss),
-        "nn.Transformer": (torch_mt, lambda m, b: m(*b)),
+        "nn.Transformer": (torch_mt, lambda m, b: m(b[0], b[1], labels=b[2]).loss),
     }
     steps = {}
     for name, (model, loss_fn) in losses.items():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,22 +33,35 @@ def translate(model: MiniSeq2Seq, tokenizer: Any, sentences: Sequence[str], *, n
     """The translation of each sentence: greedy (num_beams 1, temperature 0), beam search, or
     sampling (temperature > 0). Sentences are batched by length (less padding), answers come back in
     order. A sentence longer than the model's positions is refused, or cut with `truncate`."""
+    device = next(model.parameters()).device
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+
+    def decode(input_ids: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+        if num_beams > 1:
+            return beam_search_ids(model, input_ids, mask, num_beams=num_beams, max_new_tokens=n,
+                                   length_penalty=length_penalty)
+        return generate_ids(model, input_ids, mask, max_new_tokens=n, temperature=temperature, top_k=top_k,
+                            top_p=top_p, generator=generator)
+
+    return translate_with(decode, model, tokenizer, sentences, batch_size=batch_size, truncate=truncate)
+
+
+@torch.no_grad()
+def translate_with(decode: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], model: torch.nn.Module,
+                   tokenizer: Any, sentences: Sequence[str], *, batch_size: int = 64,
+                   truncate: bool = False) -> list[str]:
+    """`translate` with any decoding: decode(input_ids (B, S), attention_mask (B, S), max_new_tokens)
+    -> (B, 1 + n) ids, the decoder start token first (another implementation's generate, say);
+    `model` gives the config and the device."""
     config = model.config
     rows = encode_sources(tokenizer, sentences, config.max_position_embeddings, truncate)
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     results: list[str] = [""] * len(rows)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         input_ids, mask = (t.to(device) for t in pad_sources([rows[i] for i in chunk], config.pad_token_id))
-        n = output_length(model, input_ids.shape[1])
-        if num_beams > 1:
-            out = beam_search_ids(model, input_ids, mask, num_beams=num_beams, max_new_tokens=n,
-                                  length_penalty=length_penalty)
-        else:
-            out = generate_ids(model, input_ids, mask, max_new_tokens=n, temperature=temperature, top_k=top_k,
-                               top_p=top_p, generator=generator)
+        out = decode(input_ids, mask, output_length(model, input_ids.shape[1]))
         for i, ids in zip(chunk, out[:, 1:].tolist()):
             if config.eos_token_id in ids:
                 ids = ids[:ids.index(config.eos_token_id)]
