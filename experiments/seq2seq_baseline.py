@@ -199,7 +199,8 @@ def run_minillama(setup: Setup, out_dir: Path) -> dict[str, Any]:
     config.run.out_dir = str(out_dir)
     settings = TranslateSettings(DIRECTION, preset=setup.preset, beams=(1,), test_limit=len(setup.test))
     report = train_translation(config, settings)
-    seconds = report["train_minutes"] * 60
+    state = json.loads((Path(report["checkpoint"]) / "trainer_state.json").read_text(encoding="utf-8"))
+    seconds = state["elapsed"]  # the Trainer's training time at its last step (report.json rounds it)
     tokens = target_tokens(setup, report["steps"])
     from minillama.train.metrics import read_metrics
 
@@ -227,7 +228,7 @@ def run_system(name: str, setup: Setup, out: Path) -> dict[str, Any]:
     report_path = out / name / "result.json"
     if not report_path.is_file():
         torch.set_num_threads(setup.config.run.threads)
-        log.info("%s: training for %.1f minutes on %d thread(s)", name, setup.config.budget.max_minutes,
+        log.info("%s: training for %g minutes on %d thread(s)", name, setup.config.budget.max_minutes,
                  setup.config.run.threads)
         result = run_minillama(setup, out / name) if name == "minillama" else run_baseline(name, setup)
         result = {"system": name, "minutes": setup.config.budget.max_minutes, "threads": setup.config.run.threads,

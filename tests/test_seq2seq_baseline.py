@@ -80,6 +80,7 @@ def test_marian_translator_is_our_model_on_our_weights():
     with torch.no_grad():
         expected = ours(ids, mask, labels=labels, label_smoothing=0.1).loss
         torch.testing.assert_close(marian(ids, mask, labels=labels, label_smoothing=0.1).loss, expected)
+    assert torch.equal(marian.greedy_ids(ids, mask, 12), generate_ids(ours, ids, mask, max_new_tokens=12))
 
 
 def test_torch_transformer_is_our_model_on_our_weights():
