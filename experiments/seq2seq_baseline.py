@@ -22,9 +22,10 @@ from the time budget as the Trainer does), gradient clipping and label smoothing
 Then each translates the first --test-sentences test sentences greedily (ours: generate_ids with its
 cache; Marian: generate(num_beams=1); nn.Transformer: a loop without cache), scored by
 seq2seq.evaluate.score (sacrebleu BLEU with `zh` tokenization and chrF, every reference). Written to
---out (default runs/seq2seq-baseline): each system's directory with report.json, and
-seq2seq_baseline.json / .md (the table of every system found there). Finished systems are read
-back, not retrained.
+--out (default runs/seq2seq-baseline): each system's directory with result.json (minillama's also
+holds its run: checkpoints, metrics, model, report.json), seq2seq_baseline.json / .md (the table of
+every system found there) and seq2seq_baseline.png (validation loss against training minutes).
+Finished systems are read back, not retrained.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def train_plain(model: nn.Module, train_batches: Any, config: TrainConfig,
             total = step + max(1, int((budget - elapsed) / per_step))
         if step % run.eval_interval == 0 or elapsed >= budget or (total and step >= total):
             model.eval()
-            curve.append((step, evaluate(model)))
+            curve.append((step, round(elapsed, 1), evaluate(model)))
             model.train()
     model.eval()
     return {"steps": step, "train_seconds": round(elapsed, 1), "target_tokens": tokens, "train_loss": loss,
@@ -204,7 +205,8 @@ def run_minillama(setup: Setup, out_dir: Path) -> dict[str, Any]:
     tokens = target_tokens(setup, report["steps"])
     from minillama.train.metrics import read_metrics
 
-    curve = [(r["step"], r["val_loss"]) for r in read_metrics(out_dir / "metrics.jsonl") if "val_loss" in r]
+    curve = [(r["step"], round(r["elapsed"], 1), r["val_loss"]) for r in read_metrics(out_dir / "metrics.jsonl")
+             if "val_loss" in r]
     return {"steps": report["steps"], "train_seconds": round(seconds, 1), "target_tokens": tokens,
             "train_loss": report["train_loss"], "val_curve": curve, "parameters": report["parameters"],
             "greedy": report["test"]["greedy"]}
@@ -234,7 +236,7 @@ def run_system(name: str, setup: Setup, out: Path) -> dict[str, Any]:
         result = {"system": name, "minutes": setup.config.budget.max_minutes, "threads": setup.config.run.threads,
                   "preset": setup.preset, "test_sentences": len(setup.test), **result,
                   "tokens_per_s": round(result["target_tokens"] / max(result["train_seconds"], 1e-9), 1),
-                  "val_loss": result["val_curve"][-1][1] if result["val_curve"] else None}
+                  "val_loss": result["val_curve"][-1][2] if result["val_curve"] else None}
         report_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(report_path, json.dumps(result, indent=1, ensure_ascii=False) + "\n")
         log.info("%s: %d steps, validation loss %.3f, greedy BLEU %.2f", name, result["steps"],
@@ -242,7 +244,7 @@ def run_system(name: str, setup: Setup, out: Path) -> dict[str, Any]:
     return json.loads(report_path.read_text(encoding="utf-8"))
 
 
-# ---- the table -----------------------------------------------------------------------------------
+# ---- the table and the curves -----------------------------------------------------------------------------------
 def table(results: list[dict[str, Any]], host: str) -> str:
     lines = [f"host: {host}; English -> Chinese (Tatoeba), greedy BLEU (sacrebleu zh) / chrF on the first "
              "test sentences, every system the same tokenizer, shape, batches, optimizer and schedule", "",
@@ -257,7 +259,39 @@ def table(results: list[dict[str, Any]], host: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Validation loss against training seconds, one line per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in results:
+        if r["val_curve"]:
+            _, seconds, losses = zip(*r["val_curve"])
+            ax.plot([t / 60 for t in seconds], losses, marker=".", label=r["system"])
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("validation loss (nats / target token, no smoothing)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(out: Path, host: str) -> list[dict[str, Any]]:
+    """seq2seq_baseline.json / .md / .png of every finished system in `out`; returns their results."""
+    results = [json.loads((out / name / "result.json").read_text(encoding="utf-8")) for name in SYSTEMS
+               if (out / name / "result.json").is_file()]
+    atomic_write_text(out / "seq2seq_baseline.json", json.dumps({"host": host, "results": results}, indent=1,
+                                                                ensure_ascii=False) + "\n")
+    atomic_write_text(out / "seq2seq_baseline.md", table(results, host))
+    plot(results, out / "seq2seq_baseline.png")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
     import transformers
 
     args = parse_args(argv)
@@ -269,12 +303,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     setup = prepare(args, out)
     for name in args.systems:
         run_system(name, setup, out)
-    results = [run_system(name, setup, out) for name in SYSTEMS if (out / name / "result.json").is_file()]
-    atomic_write_text(out / "seq2seq_baseline.json", json.dumps({"host": host, "results": results}, indent=1,
-                                                                ensure_ascii=False) + "\n")
-    atomic_write_text(out / "seq2seq_baseline.md", table(results, host))
-    print(table(results, host))
-    return results
+    print(table(write_results(out, host), host))
 
 
 if __name__ == "__main__":
