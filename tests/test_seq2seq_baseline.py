@@ -15,6 +15,8 @@ from minillama.seq2seq.decode import generate_ids
 from minillama.seq2seq.model import MiniSeq2Seq
 
 transformers = pytest.importorskip("transformers")
+from test_seq2seq_model import torch_transformer_like  # noqa: E402
+
 from minillama.seq2seq.reference import MarianTranslator, TorchTransformerMT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,31 +47,11 @@ def batch(seed: int = 0, rows: int = 4, source: int = 9, target: int = 7):
 
 
 def torch_copy_of(ours: MiniSeq2Seq) -> TorchTransformerMT:
-    """A TorchTransformerMT holding our weights: q, k, v stacked into in_proj, norms renamed."""
+    """A TorchTransformerMT holding our weights: the blocks copied as test_seq2seq_model copies them,
+    our embeddings, a zero output bias (ours is Marian's zero final_logits_bias)."""
     torch_mt = TorchTransformerMT(ours.config).eval()
-    theirs = torch_mt.state_dict()
-    state = {"embed.weight": ours.model.shared.weight, "output_bias": torch.zeros(BASE["vocab_size"])}
-
-    def attention(prefix: str, module) -> None:
-        for kind in ("weight", "bias"):
-            q, k, v = (getattr(getattr(module, f"{x}_proj"), kind) for x in "qkv")
-            state[f"{prefix}.in_proj_{kind}"] = torch.cat([q, k, v])
-            state[f"{prefix}.out_proj.{kind}"] = getattr(module.out_proj, kind)
-
-    for stack, layers in (("encoder", ours.model.encoder.layers), ("decoder", ours.model.decoder.layers)):
-        for i, layer in enumerate(layers):
-            p = f"transformer.{stack}.layers.{i}"
-            attention(f"{p}.self_attn", layer.self_attn)
-            norms = [layer.self_attn_layer_norm, layer.final_layer_norm]
-            if stack == "decoder":
-                attention(f"{p}.multihead_attn", layer.encoder_attn)
-                norms.insert(1, layer.encoder_attn_layer_norm)
-            for k, norm in enumerate(norms, 1):
-                state[f"{p}.norm{k}.weight"], state[f"{p}.norm{k}.bias"] = norm.weight, norm.bias
-            for k, fc in ((1, layer.fc1), (2, layer.fc2)):
-                state[f"{p}.linear{k}.weight"], state[f"{p}.linear{k}.bias"] = fc.weight, fc.bias
-    assert state.keys() == theirs.keys()
-    torch_mt.load_state_dict(state)
+    torch_mt.transformer.load_state_dict(torch_transformer_like(ours).state_dict())
+    torch_mt.embed.load_state_dict(ours.model.shared.state_dict())
     return torch_mt
 
 
