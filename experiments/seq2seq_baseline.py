@@ -26,6 +26,15 @@ seq2seq.evaluate.score (sacrebleu BLEU with `zh` tokenization and chrF, every re
 holds its run: checkpoints, metrics, model, report.json), seq2seq_baseline.json / .md (the table of
 every system found there) and seq2seq_baseline.png (validation loss against training minutes).
 Finished systems are read back, not retrained.
+
+What stays unequal: the loss (ours fuses the head and the smoothed cross-entropy; the baselines
+build the (tokens, vocabulary) logits, as their libraries do); `marian` starts from transformers'
+initialisation (normal, std 0.02; `marian-same-init` removes that difference), nn.Transformer from
+its own Xavier (ours is Xavier too, but over q, k, v separately) and trains an output bias (ours
+has Marian's fixed zero bias); nn.Transformer's greedy loop has no cache, so its decode seconds
+measure that loop, not the model. Systems run one after another: equal minutes mean equal work
+only on a machine whose load does not change between them (run nothing else meanwhile, and not
+two systems at once).
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from minillama.seq2seq.reference import MarianTranslator, TorchTransformerMT
 from minillama.seq2seq.train import TranslateSettings, build_model, train_translation, translation_loss, validation_loss
 from minillama.train.config import TrainConfig
 from minillama.train.loop import CALIBRATION_STEPS
+from minillama.train.metrics import read_metrics
 from minillama.train.optim import build_optimizers, learning_rate
 
 log = logging.getLogger("seq2seq_baseline")
@@ -203,8 +213,6 @@ def run_minillama(setup: Setup, out_dir: Path) -> dict[str, Any]:
     state = json.loads((Path(report["checkpoint"]) / "trainer_state.json").read_text(encoding="utf-8"))
     seconds = state["elapsed"]  # the Trainer's training time at its last step (report.json rounds it)
     tokens = target_tokens(setup, report["steps"])
-    from minillama.train.metrics import read_metrics
-
     curve = [(r["step"], round(r["elapsed"], 1), r["val_loss"]) for r in read_metrics(out_dir / "metrics.jsonl")
              if "val_loss" in r]
     return {"steps": report["steps"], "train_seconds": round(seconds, 1), "target_tokens": tokens,
@@ -230,7 +238,9 @@ def run_system(name: str, setup: Setup, out: Path) -> dict[str, Any]:
     report_path = out / name / "result.json"
     if not report_path.is_file():
         torch.set_num_threads(setup.config.run.threads)
-        log.info("%s: training for %g minutes on %d thread(s)", name, setup.config.budget.max_minutes,
+        budget = setup.config.budget
+        log.info("%s: training for %s on %d thread(s)", name,
+                 f"{budget.max_steps} steps" if budget.max_steps else f"{budget.max_minutes:g} minutes",
                  setup.config.run.threads)
         result = run_minillama(setup, out / name) if name == "minillama" else run_baseline(name, setup)
         result = {"system": name, "minutes": setup.config.budget.max_minutes, "threads": setup.config.run.threads,
