@@ -1,6 +1,6 @@
 """`minillama sft` and `minillama classify train` under torchrun on CPU with gloo: 2 processes with
 half the batch follow 1 process's loss trajectory (DDP and ZeRO-3, with gradient accumulation and
-clipping).
+clipping), and rank 0 alone prints the result.
 
 Each rank takes its rows of the global batch one process takes (`ExampleBatches`). SFT's loss is a
 mean over the learned (assistant) tokens, whose count differs between the ranks' rows, so each
@@ -77,16 +77,18 @@ def sft_data(small_corpus, tmp_path_factory):
 
 def sft(out, sft_data, processes, batch_size, parallel="ddp"):
     base, train, val = sft_data
-    run_minillama(["sft", "--base", str(base), "--data", str(train), "--data.val_dataset", str(val),
+    done = run_minillama(["sft", "--base", str(base), "--data", str(train), "--data.val_dataset", str(val),
                    "--data.seq_len", "64", "--run.out_dir", str(out), "--data.batch_size", str(batch_size),
                    "--run.eval_batches", "100", "--run.parallel", parallel, *COMMON], processes)
+    assert done.stdout.count(" at step ") == 1, done.stdout  # rank 0 alone prints the result
     return logged_losses(out)
 
 
 def classify(out, tokenizer, processes, batch_size, parallel="ddp"):
-    run_minillama(["classify", "train", "--data.tokenizer", str(tokenizer), "--model.preset", "debug",
+    done = run_minillama(["classify", "train", "--data.tokenizer", str(tokenizer), "--model.preset", "debug",
                    "--data.seq_len", "32", "--run.out_dir", str(out), "--data.batch_size", str(batch_size),
                    "--run.eval_batches", "5", "--run.parallel", parallel, *COMMON], processes)
+    json.loads(done.stdout)  # one report, rank 0's, whatever the number of processes
     return logged_losses(out)
 
 

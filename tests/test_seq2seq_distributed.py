@@ -9,6 +9,8 @@ carries its share of the global batch's target tokens (`loss_weight`) so that th
 average to one process's mean. Dropout is off there: each rank draws masks for its own rows, from
 its own random stream, which a checkpoint keeps for each rank (the last test)."""
 
+import json
+
 import pytest
 import torch
 from helpers import logged_losses, needs_torchrun, run_minillama
@@ -35,12 +37,13 @@ def pairs(tmp_path_factory):
 
 def translate(out, pairs, processes, batch_size, parallel="ddp", extra=(), dropout=0.0):
     path, tokenizer = pairs
-    run_minillama(["translate", "train", "--data", str(path), "--data.tokenizer", str(tokenizer),
+    done = run_minillama(["translate", "train", "--data", str(path), "--data.tokenizer", str(tokenizer),
                    "--model.preset", "debug", "--model.dropout", str(dropout), "--run.out_dir", str(out),
                    "--data.batch_size", str(batch_size), "--budget.max_steps", str(STEPS), "--run.log_interval", "1",
                    "--run.eval_interval", "3", "--run.eval_batches", "100", "--run.precision", "float32",
                    "--run.progress", "false", "--run.plot", "false", "--run.parallel", parallel, "--run.threads", "1",
                    "--optim.warmup_steps", "2", "--test-limit", "4", "--eval-beams", "1", *ACCUM, *extra], processes)
+    json.loads(done.stdout)  # one report, rank 0's, whatever the number of processes
     return logged_losses(out)
 
 

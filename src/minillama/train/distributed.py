@@ -209,6 +209,12 @@ class Distributed:
         return report
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, or one process: the one process that prints a command's results
+    (the others' are partial: rank 0 alone writes the final model and its scores)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def rank_rows(rows: Sequence[T], batch_size: int, rank: int = 0, world_size: int = 1,
               max_batches: int | None = None) -> Iterator[tuple[list[T], bool]]:
     """Evaluation under torchrun: `rows` in order, cut into global batches of `batch_size` x
