@@ -23,13 +23,14 @@ def pretrain(out, data, processes, batch_size, parallel="ddp", extra=()):
     """`data`: the text to train a tokenizer on and prepare, or (tokenizer dir, token files dir) of a run."""
     given = ["--data.dataset", str(data)] if not isinstance(data, tuple) else \
         ["--data.tokenizer", str(data[0]), "--data.prepared", str(data[1])]
-    run_minillama(["bert", "pretrain", *given, "--run.out_dir", str(out), "--data.vocab_size", "400",
+    done = run_minillama(["bert", "pretrain", *given, "--run.out_dir", str(out), "--data.vocab_size", "400",
                    "--model.preset", "tiny", "--model.hidden_size", "64", "--model.hidden_dropout_prob", "0",
                    "--model.attention_probs_dropout_prob", "0", "--data.seq_len", "48",
                    "--data.batch_size", str(batch_size), "--budget.max_steps", str(STEPS), "--run.log_interval", "1",
                    "--run.eval_interval", "3", "--run.eval_batches", "100", "--run.precision", "float32",
                    "--run.progress", "false", "--run.plot", "false", "--run.parallel", parallel, "--run.threads", "1",
                    "--optim.warmup_steps", "2", *ACCUM, *extra], processes)
+    assert done.stdout.count(" at step ") == 1, done.stdout  # rank 0 alone prints the result
     return logged_losses(out)
 
 

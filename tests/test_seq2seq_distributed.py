@@ -6,9 +6,13 @@ processes resumes on 1.
 The ranks' rows make up the batch one process takes (`ExampleBatches` cuts global batches), but a
 rank's loss is the mean over its own target tokens, and the rows differ in length: each batch
 carries its share of the global batch's target tokens (`loss_weight`) so that the ranks' means
-average to one process's mean. Dropout is off: each rank would draw masks for its own rows."""
+average to one process's mean. Dropout is off there: each rank draws masks for its own rows, from
+its own random stream, which a checkpoint keeps for each rank (the last test)."""
+
+import json
 
 import pytest
+import torch
 from helpers import logged_losses, needs_torchrun, run_minillama
 
 from minillama.seq2seq import data
@@ -31,14 +35,15 @@ def pairs(tmp_path_factory):
     return root / "pairs.tsv", root / "tokenizer"
 
 
-def translate(out, pairs, processes, batch_size, parallel="ddp", extra=()):
+def translate(out, pairs, processes, batch_size, parallel="ddp", extra=(), dropout=0.0):
     path, tokenizer = pairs
-    run_minillama(["translate", "train", "--data", str(path), "--data.tokenizer", str(tokenizer),
-                   "--model.preset", "debug", "--model.dropout", "0", "--run.out_dir", str(out),
+    done = run_minillama(["translate", "train", "--data", str(path), "--data.tokenizer", str(tokenizer),
+                   "--model.preset", "debug", "--model.dropout", str(dropout), "--run.out_dir", str(out),
                    "--data.batch_size", str(batch_size), "--budget.max_steps", str(STEPS), "--run.log_interval", "1",
                    "--run.eval_interval", "3", "--run.eval_batches", "100", "--run.precision", "float32",
                    "--run.progress", "false", "--run.plot", "false", "--run.parallel", parallel, "--run.threads", "1",
                    "--optim.warmup_steps", "2", "--test-limit", "4", "--eval-beams", "1", *ACCUM, *extra], processes)
+    json.loads(done.stdout)  # one report, rank 0's, whatever the number of processes
     return logged_losses(out)
 
 
@@ -72,3 +77,20 @@ def test_a_run_on_two_processes_resumes_on_one(single, pairs, tmp_path):
     resumed, _ = translate(tmp_path, pairs, 1, batch_size=4)
     assert len(resumed) == STEPS
     assert max(abs(a - b) for a, b in zip(losses, resumed)) < 1e-5, (losses, resumed)
+
+
+def test_ranks_draw_their_own_dropout_and_a_run_resumes_exactly_on_as_many(pairs, tmp_path):
+    straight, _ = translate(tmp_path / "straight", pairs, 2, batch_size=2, parallel="zero3", dropout=0.1)
+    # 3 of 6 scheduled steps, then the rest: each rank goes on with its own random state
+    out = tmp_path / "resumed"
+    translate(out, pairs, 2, batch_size=2, parallel="zero3", dropout=0.1,
+              extra=["--budget.max_steps", "3", "--budget.schedule_steps", "6"])
+    saved = torch.load(out / "checkpoints" / "step-000003" / "optimizer.pt", weights_only=True)["rank_rng"]
+    resumed, _ = translate(out, pairs, 2, batch_size=2, parallel="zero3", dropout=0.1)
+    assert resumed == straight
+    masks = []
+    with torch.random.fork_rng():
+        for state in saved:  # the dropout masks each rank would draw next
+            torch.set_rng_state(state["torch_rng"])
+            masks.append(torch.nn.functional.dropout(torch.ones(1000), 0.1))
+    assert len(masks) == 2 and not torch.equal(masks[0], masks[1])

@@ -28,7 +28,8 @@ def train(out_dir, corpus, processes, batch_size, parallel="ddp", extra=(), laun
     if launch is not None:  # the caller starts the processes (two "nodes")
         launch(args)
     else:
-        run_minillama(args, processes)
+        done = run_minillama(args, processes)
+        assert done.stdout.count(" at step ") == 1, done.stdout  # rank 0 alone prints the result
     return logged_losses(out_dir)
 
 

@@ -108,9 +108,12 @@ def bert_settings(args: argparse.Namespace):
 
 def run_pretrain(args: argparse.Namespace) -> int:
     from minillama.bert.pretrain import pretrain_bert
+    from minillama.train.distributed import is_main_process
 
     config, settings = bert_settings(args)
     result = pretrain_bert(config, settings)
+    if not is_main_process():
+        return 0
     status = "finished" if result.stopped_by == "budget" else "interrupted"
     loss = "" if result.val_loss is None else f", validation masked-token loss {result.val_loss:.4f}"
     print(f"{status} at step {result.step} ({result.tokens:,} tokens){loss}; checkpoint {result.checkpoint}")

@@ -40,16 +40,25 @@ def pad_batch(examples: Sequence[Example], pad_token_id: int) -> dict[str, torch
 
 
 class ExampleBatches:
-    """Endless shuffled batches of `examples` for one rank; `state_dict()` resumes exactly."""
+    """Endless shuffled batches of `examples` for one rank; `state_dict()` resumes exactly.
+
+    With `targets` (example -> how many tokens its loss is a mean over), each batch carries
+    `loss_weight`: this rank's share of the global batch's target tokens times the world size. A
+    per-token mean loss scaled by it makes the ranks' losses (and DDP / FSDP's averaged gradients)
+    average to the mean over the whole global batch, what one process computes with it (the weight
+    is 1 in one process). Without, every rank's loss weighs alike (a mean per example)."""
+
+    targets: Callable[[Any], int] | None = None
 
     def __init__(self, examples: Sequence[Example], batch_size: int, collate: Callable[[list[Example]], Any],
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, targets: Callable[[Any], int] | None = None):
         global_batch = batch_size * world_size
         if len(examples) < global_batch:
             raise ValueError(f"{len(examples)} training examples cannot fill one batch of {global_batch}; "
                              "lower data.batch_size or add data")
         self.examples, self.collate = examples, collate
         self.batch_size, self.seed, self.rank, self.global_batch = batch_size, seed, rank, global_batch
+        self.targets = targets or self.targets
         self.epoch, self.position = 0, 0
         self._order = self._permutation()
 
@@ -64,10 +73,15 @@ class ExampleBatches:
         if self.position + self.global_batch > len(self._order):  # the epoch's tail is dropped
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._permutation()
-        start = self.position + self.rank * self.batch_size
-        indices = self._order[start:start + self.batch_size]
+        taken = self._order[self.position:self.position + self.global_batch]
+        mine = [self.examples[i] for i in taken[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]]
         self.position += self.global_batch
-        return self.collate([self.examples[i] for i in indices])
+        batch = self.collate(mine)
+        if self.targets is not None:
+            total = sum(self.targets(self.examples[i]) for i in taken)
+            weight = sum(map(self.targets, mine)) * (self.global_batch // self.batch_size) / max(1, total)
+            batch["loss_weight"] = torch.tensor(weight)
+        return batch
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "examples": len(self.examples)}
@@ -80,12 +94,8 @@ class ExampleBatches:
         self._order = self._permutation()
 
 
-def fixed_batches(examples: Sequence[Example], batch_size: int, collate: Callable[[list[Example]], Any],
-                  limit: int | None = None):
-    """Examples in order, `batch_size` at a time (evaluation), at most `limit` batches."""
-    count = 0
-    for start in range(0, len(examples), batch_size):
-        if limit is not None and count >= limit:
-            return
-        yield collate(list(examples[start:start + batch_size]))
-        count += 1
+def learned_tokens(example: Example) -> int:
+    """Tokens a causal LM's loss is a mean over for `example`: those whose label, one position
+    ahead, is learned (`shift_labels`: the first token is no target)."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+

@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from minillama.errors import MiniLlamaError
-from minillama.finetune.batches import Example, ExampleBatches, fixed_batches, pad_batch
+from minillama.finetune.batches import Example, ExampleBatches, pad_batch
 from minillama.train.checkpoint import claim_run_directory
 from minillama.train.config import TrainConfig
-from minillama.train.distributed import Distributed
+from minillama.train.distributed import Distributed, rank_rows
 from minillama.train.loop import Trainer
 
 log = logging.getLogger(__name__)
@@ -119,17 +119,24 @@ def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, examples: list[Example], batch_size: int, pad_token_id: int,
-                        device: torch.device, max_batches: int | None = None) -> dict[str, float]:
-    """Accuracy and mean loss over (the first `max_batches` batches of) `examples`."""
+                        device: torch.device, max_batches: int | None = None,
+                        dist: Distributed | None = None) -> dict[str, float]:
+    """Accuracy and mean loss over (the first `max_batches` batches of) `examples`. With `dist`
+    (under torchrun) the batches are global, of `batch_size` x world size examples, each rank scores
+    its rows of each (`rank_rows`) and the sums are over all ranks: every rank returns one
+    process's scores."""
+    rank, world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     correct, loss, count = 0, 0.0, 0
-    collate = partial(pad_batch, pad_token_id=pad_token_id)
-    for batch in fixed_batches(examples, batch_size, collate, max_batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for rows, counted in rank_rows(examples, batch_size, rank, world_size, max_batches):
+        batch = {k: v.to(device) for k, v in pad_batch(rows, pad_token_id).items()}
         output = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        n = len(batch["labels"])
-        correct += int((output.logits.argmax(-1) == batch["labels"]).sum())
-        loss, count = loss + float(output.loss) * n, count + n
-    return {"accuracy": correct / count, "loss": loss / count, "examples": count}
+        if counted:
+            n = len(batch["labels"])
+            correct += int((output.logits.argmax(-1) == batch["labels"]).sum())
+            loss, count = loss + float(output.loss) * n, count + n
+    if dist is not None:
+        correct, loss, count = dist.sum_over_ranks([correct, loss, count])
+    return {"accuracy": correct / count, "loss": loss / count, "examples": int(count)}
 
 
 @dataclass
@@ -263,12 +270,11 @@ def train_classifier(config: TrainConfig, settings: ClassifySettings) -> dict[st
         batches = ExampleBatches(train, config.data.batch_size, partial(pad_batch, pad_token_id=pad),
                                  seed=config.run.seed, rank=dist.rank, world_size=dist.world_size)
 
-        shard = dev[dist.rank::dist.world_size]
-
         def evaluate(wrapped: nn.Module) -> float:
-            scores = evaluate_classifier(wrapped, shard, config.data.batch_size, pad, dist.device,
-                                         config.run.eval_batches)
-            log.info("dev accuracy %.3f (first %d sentences)", scores["accuracy"], scores["examples"])
+            scores = evaluate_classifier(wrapped, dev, config.data.batch_size, pad, dist.device,
+                                         config.run.eval_batches, dist)
+            if dist.is_main:
+                log.info("dev accuracy %.3f (first %d sentences)", scores["accuracy"], scores["examples"])
             return scores["loss"]
 
         from minillama.bert import model_family

@@ -99,6 +99,7 @@ def run_sft(args: argparse.Namespace) -> int:
     from minillama.finetune.lora import LoRAConfig
     from minillama.finetune.sft import SFTSettings, sft
     from minillama.train.config import config_from_args
+    from minillama.train.distributed import is_main_process
 
     config = config_from_args(args, defaults=sft_defaults())
     if config.model.overrides or config.model.preset != sft_defaults().model.preset:
@@ -107,6 +108,8 @@ def run_sft(args: argparse.Namespace) -> int:
     if args.lora_r is not None:
         lora = LoRAConfig(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
     result = sft(config, SFTSettings(str(resolve_checkpoint(args.base)), lora, args.val_fraction))
+    if not is_main_process():
+        return 0
     status = "finished" if result.stopped_by == "budget" else "interrupted"
     loss = "" if result.val_loss is None else f", validation loss {result.val_loss:.4f}"
     print(f"{status} at step {result.step}{loss}; checkpoint {result.checkpoint}")
@@ -135,13 +138,15 @@ def run_merge(args: argparse.Namespace) -> int:
 def run_classify_train(args: argparse.Namespace) -> int:
     from minillama.finetune.classify import ClassifySettings, train_classifier
     from minillama.train.config import config_from_args
+    from minillama.train.distributed import is_main_process
 
     config = config_from_args(args, defaults=classify_defaults())
     if config.data.dataset != "sst2":
         raise ValueError("classify train uses the shipped SST-2 (data.dataset sst2)")
     base = args.base and str(resolve_checkpoint(args.base))
     report = train_classifier(config, ClassifySettings(base, args.from_scratch))
-    print(json.dumps(report, indent=2))
+    if is_main_process():
+        print(json.dumps(report, indent=2))
     return 0
 
 

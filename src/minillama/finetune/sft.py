@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 from minillama.errors import MiniLlamaError
-from minillama.finetune.batches import Example, ExampleBatches, fixed_batches, pad_batch
+from minillama.finetune.batches import Example, ExampleBatches, learned_tokens, pad_batch
 from minillama.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRAConfig, LoRAFiles, add_lora
+from minillama.model.config import IGNORE_INDEX
 from minillama.model.loss import shift_labels
 from minillama.train.checkpoint import claim_run_directory
 from minillama.train.config import TrainConfig
-from minillama.train.distributed import Distributed
-from minillama.train.loop import Trainer, TrainingResult, evaluate_batches
+from minillama.train.distributed import Distributed, rank_rows
+from minillama.train.loop import Trainer, TrainingResult
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,32 @@ def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: 
     token from seeing the pads after it, and pads are labelled -100, so the loss is exactly the
     masked one (tested), while the unmasked path runs the faster causal kernel."""
     targets = shift_labels(batch["labels"])
-    return model(batch["input_ids"], targets=targets, label_smoothing=label_smoothing).loss
+    loss = model(batch["input_ids"], targets=targets, label_smoothing=label_smoothing).loss
+    # under torchrun, this rank's share of the global batch's learned tokens (`ExampleBatches`)
+    return loss * batch["loss_weight"] if "loss_weight" in batch else loss
 
 
+@torch.no_grad()
 def evaluate_sft(model: nn.Module, examples: list[Example], batch_size: int, pad_token_id: int,
-                 device: torch.device, max_batches: int | None = None) -> float:
-    """Mean loss per learned token over (the first `max_batches` batches of) `examples`."""
-    batches = fixed_batches(examples, batch_size, partial(pad_batch, pad_token_id=pad_token_id), max_batches)
-    pairs = ((b["input_ids"], shift_labels(b["labels"])) for b in batches)
-    return evaluate_batches(model, pairs, device)[0]
+                 device: torch.device, max_batches: int | None = None, dist: Distributed | None = None) -> float:
+    """Mean loss per learned token over (the first `max_batches` batches of) `examples`. With `dist`
+    (under torchrun) the batches are global, of `batch_size` x world size examples, each rank scores
+    its rows of each (`rank_rows`) and the sums are over all ranks: every rank returns one
+    process's mean."""
+    rank, world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    total, count = 0.0, 0
+    for rows, counted in rank_rows(examples, batch_size, rank, world_size, max_batches):
+        batch = pad_batch(rows, pad_token_id)
+        targets = shift_labels(batch["labels"]).to(device)
+        loss = model(batch["input_ids"].to(device), targets=targets).loss
+        n = int((targets != IGNORE_INDEX).sum())
+        if counted and n:  # a batch with no learned token has a NaN mean
+            total, count = total + float(loss) * n, count + n
+    if dist is not None:
+        total, count = dist.sum_over_ranks([total, count])
+    if count == 0:
+        raise MiniLlamaError("no validation conversation has an assistant token to score; add validation data")
+    return total / count
 
 
 def load_base(settings: SFTSettings, tokenizer_dir: Path):
@@ -107,13 +125,15 @@ def sft(config: TrainConfig, settings: SFTSettings) -> TrainingResult:
         if config.run.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # Each rank takes its rows of the global batch one process would take; the loss is a mean
+        # per learned token and the ranks' counts differ, so each batch carries its loss_weight.
         batches = ExampleBatches(train, config.data.batch_size, partial(pad_batch, pad_token_id=pad),
-                                 seed=config.run.seed, rank=dist.rank, world_size=dist.world_size)
-        shard = val[dist.rank::dist.world_size]
+                                 seed=config.run.seed, rank=dist.rank, world_size=dist.world_size,
+                                 targets=learned_tokens)
 
         def evaluate(wrapped: nn.Module) -> float:
-            return evaluate_sft(wrapped, shard, config.data.batch_size, pad, dist.device,
-                                config.run.eval_batches)
+            return evaluate_sft(wrapped, val, config.data.batch_size, pad, dist.device,
+                                config.run.eval_batches, dist)
 
         trainer = Trainer(config, model, batches, evaluate, dist, batch_loss=sft_loss,
                           tokenizer_dir=tokenizer_dir, model_files=files, lock=lock,

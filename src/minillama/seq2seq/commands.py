@@ -105,6 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
     from minillama.seq2seq.config import Seq2SeqConfig
     from minillama.seq2seq.train import TranslateSettings, train_translation
     from minillama.train.config import _convert, config_from_args, field_kinds
+    from minillama.train.distributed import is_main_process
 
     config = config_from_args(args, defaults=translate_defaults())
     kinds = field_kinds(Seq2SeqConfig)
@@ -114,7 +115,8 @@ def run_train(args: argparse.Namespace) -> int:
     settings = TranslateSettings(args.direction, args.data, getattr(args, MODEL_OPTION + "preset"), overrides,
                                  tuple(args.eval_beams), args.test_limit)
     report = train_translation(config, settings)
-    print(json.dumps(report, indent=2, ensure_ascii=False))
+    if is_main_process():
+        print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
 

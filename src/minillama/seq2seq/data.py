@@ -175,6 +175,11 @@ class LengthBucketedBatches(ExampleBatches):
 
     BUCKET_BATCHES = 50
 
+    @staticmethod
+    def targets(example: TranslationExample) -> int:
+        """Each batch's `loss_weight` (see `ExampleBatches`) counts the target tokens."""
+        return len(example.labels)
+
     def _permutation(self) -> list[int]:
         order = super()._permutation()
         window = self.global_batch * self.BUCKET_BATCHES
@@ -186,18 +191,6 @@ class LengthBucketedBatches(ExampleBatches):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7919)
         shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return [i for batch in shuffled for i in batch] + tail
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        """This rank's batch, with `loss_weight`: its share of the global batch's target tokens
-        times the world size. The loss is a mean per target token and DDP / FSDP average the ranks'
-        gradients, so each rank's mean scaled by its weight averages to the mean over the whole
-        global batch: what one process computes with the global batch (1 in one process)."""
-        batch = super().__next__()
-        taken = self._order[self.position - self.global_batch:self.position]  # the global batch just cut
-        total = sum(len(self.examples[i].labels) for i in taken)
-        mine = int((batch["labels"] != IGNORE_INDEX).sum())
-        batch["loss_weight"] = torch.tensor(mine * (self.global_batch // self.batch_size) / total)
-        return batch
 
 
 def collate(examples: Sequence[TranslationExample], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from minillama.seq2seq.config import Seq2SeqConfig, config_from_preset
 from minillama.seq2seq.model import MiniSeq2Seq
 from minillama.train.checkpoint import claim_run_directory
 from minillama.train.config import TrainConfig
-from minillama.train.distributed import Distributed
+from minillama.train.distributed import Distributed, rank_rows
 from minillama.train.loop import Trainer
 
 log = logging.getLogger(__name__)
@@ -63,19 +63,16 @@ def validation_loss(model: nn.Module, examples: list[data.TranslationExample], b
     """Mean loss per target token (no smoothing) over (the first `max_batches` batches of) `examples`.
 
     Under torchrun the batches are global, of `batch_size` x `world_size` pairs, and rank `rank`
-    scores its rows of each; it returns its summed loss over the tokens of all ranks, times the
-    world size, so the mean over ranks is one process's mean. Every rank runs a forward for every
-    global batch, as FSDP gathers weights collectively (one with no rows of a short last batch
-    scores a row of it and counts nothing)."""
+    scores its rows of each (`rank_rows`, which also keeps every rank running a forward for every
+    global batch, as FSDP needs); it returns its summed loss over the tokens of all ranks, times the
+    world size, so the mean over ranks is one process's mean."""
     rows = batch_size * world_size
     scored = examples if max_batches is None else examples[:max_batches * rows]
     total = 0.0
-    for start in range(0, len(scored), rows):
-        batch = scored[start:start + rows]
-        mine = batch[rank * len(batch) // world_size:(rank + 1) * len(batch) // world_size]
-        tensors = {k: v.to(device) for k, v in data.collate(mine or batch[:1], pad_token_id).items()}
+    for mine, counted in rank_rows(scored, batch_size, rank, world_size):
+        tensors = {k: v.to(device) for k, v in data.collate(mine, pad_token_id).items()}
         loss = float(translation_loss(model, tensors))
-        if mine:
+        if counted:
             total += loss * int((tensors["labels"] != IGNORE_INDEX).sum())
     return total * world_size / max(1, sum(len(e.labels) for e in scored))
 

@@ -59,10 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from minillama.train.config import config_from_args
+    from minillama.train.distributed import is_main_process
     from minillama.train.pretrain import pretrain
 
     config = config_from_args(args)
     result = pretrain(config)
+    if not is_main_process():
+        return 0
     status = "finished" if result.stopped_by == "budget" else "interrupted"
     print(f"{status} at step {result.step} ({result.tokens:,} tokens); checkpoint {result.checkpoint}")
     return 0

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,7 @@ from minillama.hardware import available_cpus, resolve_device
 from minillama.train.config import PARALLEL_ALIASES
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+T = TypeVar("T")
 
 
 @dataclass
@@ -122,12 +124,28 @@ class Distributed:
                 value /= self.world_size
         return float(value)
 
+    def sum_over_ranks(self, values: Sequence[float]) -> list[float]:
+        """Each of `values` summed over processes, in float64 (one sync; the values in one process)."""
+        if self.world_size == 1:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return total.tolist()
+
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> float:
         params = [p for p in model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         if hasattr(norm, "full_tensor"):  # FSDP2: a sharded DTensor norm
             norm = norm.full_tensor()
         return float(norm)
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every rank's `value` (a picklable object), in rank order, on rank 0; None on the others."""
+        if self.world_size == 1:
+            return [value]
+        gathered = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -189,6 +207,29 @@ class Distributed:
         if self.device.type == "cuda":  # the allocator's peak: activations and buffers included
             report["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
         return report
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, or one process: the one process that prints a command's results
+    (the others' are partial: rank 0 alone writes the final model and its scores)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def rank_rows(rows: Sequence[T], batch_size: int, rank: int = 0, world_size: int = 1,
+              max_batches: int | None = None) -> Iterator[tuple[list[T], bool]]:
+    """Evaluation under torchrun: `rows` in order, cut into global batches of `batch_size` x
+    `world_size` (the first `max_batches` of them), as one process with the global batch cuts them;
+    yields (this rank's rows of each, whether they count). Every rank yields once per global batch,
+    since under FSDP each forward gathers weights collectively and a rank that ran one forward fewer
+    would leave the others waiting forever: a rank with no rows of a short last batch gets that
+    batch's first row to run a forward on, and False (count nothing). Sum what the ranks count
+    (`Distributed.sum_over_ranks`) for one process's totals."""
+    size = batch_size * world_size
+    end = len(rows) if max_batches is None else min(len(rows), max_batches * size)
+    for start in range(0, end, size):
+        batch = list(rows[start:min(start + size, end)])
+        mine = batch[rank * len(batch) // world_size:(rank + 1) * len(batch) // world_size]
+        yield (mine, True) if mine else (batch[:1], False)
 
 
 def _max_rss_bytes() -> int:

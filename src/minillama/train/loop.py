@@ -166,6 +166,11 @@ class Trainer:
             dist.load_optimizer_state(self.wrapped, self.optimizers, self._resumed.tensors["optimizer"])
             self._restore_rng(self._resumed.tensors)
             self._resumed = None  # the whole optimizer state as read: keeping it would undo a stage's sharding
+        elif dist.rank > 0:
+            # Every rank seeded alike to build the same model (FSDP broadcasts nothing); from here on
+            # each rank's dropout must differ, or all ranks drop the same units of their rows. Rank 0
+            # keeps the stream one process has, so one process is unchanged.
+            torch.manual_seed(rank_seed(config.run.seed, dist.rank))
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
 
     def _let_go(self) -> None:
@@ -230,9 +235,23 @@ class Trainer:
                                       "move it away")
 
     def _restore_rng(self, tensors: dict[str, Any]) -> None:
+        """This rank's random state as saved (`_rng_state`): exact under the same world size. Under
+        another, rank 0 takes rank 0's, and the other ranks start a stream of (seed, rank, step)."""
+        saved = tensors.get("rank_rng")  # every rank's, saved under torchrun
+        if saved is not None and len(saved) == self.dist.world_size:
+            tensors = saved[self.dist.rank]
+        elif self.dist.rank > 0:
+            torch.manual_seed(rank_seed(self.config.run.seed, self.dist.rank, self.step))
+            return
         torch.set_rng_state(tensors["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in tensors:
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
+
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     # ---- the budget ------------------------------------------------------------------------
     def _schedule_steps(self) -> int | None:
@@ -341,12 +360,14 @@ class Trainer:
         self.saved_step = self.step
         model_state = self.dist.full_model_state(self.wrapped, self.model)
         optim_state = self.dist.full_optimizer_state(self.wrapped, self.optimizers)
+        rng = self._rng_state()
+        every_rank = self.dist.gather(rng)  # each rank draws its own dropout (collective)
         if not self.dist.is_main:
             self.dist.barrier()
             return None
-        tensors = {"optimizer": optim_state, "torch_rng": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        tensors = {"optimizer": optim_state, **rng}
+        if self.dist.world_size > 1:
+            tensors["rank_rng"] = every_rank
         state = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "skipped": self.skipped,
                  "total_steps": self.total_steps, "val_loss": self.last_val_loss, "val_step": self.last_val_step,
                  "best_val_loss": self.best_val_loss, "data": self.batches.state_dict(),
@@ -464,6 +485,16 @@ class Trainer:
     def _progress_bar(self):
         return progress_bar(total=self._schedule_steps(), initial=self.step, unit="step", desc="train",
                             enabled=self.config.run.progress and self.dist.is_main)
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of rank `rank`'s random stream (dropout) under torchrun, from `run.seed`, for ranks
+    above 0 (rank 0 keeps one process's stream); `step` > 0 when a resume under another world size
+    has no saved state for the rank. Hashed, so no rank's stream is another run's seed."""
+    import hashlib
+
+    digest = hashlib.sha256(f"minillama rank stream {seed} {rank} {step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def _mib(n: int) -> str:
