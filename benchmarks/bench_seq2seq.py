@@ -1,9 +1,9 @@
 """Seq2seq speed: minillama's encoder–decoder vs transformers' MarianMTModel (and torch.nn.Transformer
 for training), same config, batch, dtype and threads, measured in one run, rounds interleaved.
 
-    python benchmarks/bench_seq2seq.py                        # small preset, batch 64, 1 thread
-    python benchmarks/bench_seq2seq.py --checkpoint runs/translate/model   # a trained model, real sentences
-    python benchmarks/bench_seq2seq.py --quick
+    python benchmarks/bench_seq2seq.py                        # `translate train`'s shape (tiny, 4k), batch 64, 1 thread
+    python benchmarks/bench_seq2seq.py --checkpoint runs/translate/model --threads 2   # a trained model, real sentences
+    python benchmarks/bench_seq2seq.py --preset small --vocab-size 8000 --quick
 
 Training: target tokens/s of forward + backward + fused AdamW on fixed padded batches (label
 smoothing 0 for all, since MarianMTModel's loss has none; minillama with 0.1 too, its training
@@ -124,8 +124,9 @@ def main() -> None:
     import transformers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--preset", default="tiny",
+                        help="shape without --checkpoint (default: %(default)s, `translate train`'s)")
+    parser.add_argument("--vocab-size", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bf16", action="store_true", help="autocast training to bfloat16")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import signal
@@ -491,8 +492,6 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
     """The seed of rank `rank`'s random stream (dropout) under torchrun, from `run.seed`, for ranks
     above 0 (rank 0 keeps one process's stream); `step` > 0 when a resume under another world size
     has no saved state for the rank. Hashed, so no rank's stream is another run's seed."""
-    import hashlib
-
     digest = hashlib.sha256(f"minillama rank stream {seed} {rank} {step}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
