@@ -55,7 +55,6 @@ import torch
 from torch import nn
 
 from minillama.files import atomic_write_text
-from minillama.finetune.batches import ExampleBatches
 from minillama.hardware import cpu_description
 from minillama.model.config import IGNORE_INDEX
 from minillama.seq2seq import data
@@ -130,8 +129,9 @@ def target_tokens(setup: Setup, steps: int) -> int:
     """Target tokens (EOS included) in the first `steps` batches: the batch order replayed without
     building the tensors."""
     replay = data.LengthBucketedBatches(setup.train, setup.config.data.batch_size,
-                                        lambda rows: sum(len(e.labels) for e in rows), seed=setup.config.run.seed)
-    return sum(ExampleBatches.__next__(replay) for _ in range(steps))
+                                        lambda rows: {"tokens": sum(len(e.labels) for e in rows)},
+                                        seed=setup.config.run.seed)
+    return sum(next(replay)["tokens"] for _ in range(steps))
 
 
 def fresh_model(setup: Setup) -> Any:
