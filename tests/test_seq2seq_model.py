@@ -261,3 +261,24 @@ def test_the_model_imports_no_trainer_decoder_data_or_cli():
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         assert not [m for m in imported if m and m.startswith(forbidden)], name
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_initialisation_is_the_papers(tied):
+    # Embeddings N(0, 1/d) (scaled by sqrt(d) they match the positions' unit size), the padding row
+    # zero, projections Xavier-uniform: a tied head must not re-initialise the shared embedding.
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(vocab_size=4000, d_model=128, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256,
+                           decoder_ffn_dim=256, pad_token_id=1, eos_token_id=0, decoder_start_token_id=1,
+                           tie_word_embeddings=tied)
+    model = MiniSeq2Seq(config)
+    embedding = model.model.decoder.embed_tokens.weight
+    assert abs(embedding.std().item() - 128 ** -0.5) < 0.005
+    assert not embedding[1].any()
+    assert (model.lm_head.weight is embedding) == tied
+    q = model.model.encoder.layers[0].self_attn.q_proj.weight
+    assert q.abs().max().item() <= (6 / 256) ** 0.5 and abs(q.std().item() - (2 / 256) ** 0.5) < 0.005
+    if not tied:  # its own Xavier-uniform matrix
+        bound = (6 / (4000 + 128)) ** 0.5
+        assert model.lm_head.weight.abs().max().item() <= bound and model.lm_head.weight[1].any()

@@ -294,8 +294,9 @@ class MiniSeq2Seq(nn.Module):
         """The paper's (and fairseq's) initialisation: Xavier-uniform projections, zero biases,
         embeddings N(0, 1 / d_model) so that scaled by sqrt(d_model) they match the positions' unit
         size, the padding row zero."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and id(module.weight) not in embeddings:  # a tied head is an embedding
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -305,8 +306,6 @@ class MiniSeq2Seq(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        if self.config.tie_word_embeddings:  # Xavier above overwrote the tied head after the embedding
-            self.lm_head.weight = self.model.decoder.embed_tokens.weight
         self.final_logits_bias.zero_()
 
     def blocks(self) -> nn.ModuleList:
