@@ -9,7 +9,7 @@ same way, and its sums are added over the ranks. Dropout is off: each rank would
 its own rows."""
 
 import pytest
-from helpers import logged_losses, needs_torchrun, run_minillama
+from helpers import assert_losses_match, logged_losses, needs_torchrun, run_minillama
 
 from minillama.bert.model import BertForMaskedLM
 from minillama.data.tokenfile import TokenFile
@@ -49,8 +49,8 @@ def test_two_processes_match_one_with_the_same_global_batch(single, tmp_path, pa
     assert (len(TokenFile(data[1] / "val.bin")) - 1) // 46 % 4 == 1
     two_losses, two_val = pretrain(tmp_path, data, 2, batch_size=2, parallel=parallel)
     assert len(two_losses) == len(losses) == STEPS and len(two_val) == len(val_losses) == 2
-    assert max(abs(a - b) for a, b in zip(losses, two_losses)) < 1e-5, (losses, two_losses)
-    assert max(abs(a - b) for a, b in zip(val_losses, two_val)) < 1e-5, (val_losses, two_val)
+    assert_losses_match(losses, two_losses)
+    assert_losses_match(val_losses, two_val)
     assert val_losses[-1] < val_losses[0]  # it trains
     # Rank 0 alone wrote: each checkpoint once, whole (it verifies and loads in this one process).
     checkpoints = tmp_path / "checkpoints"
@@ -65,4 +65,4 @@ def test_a_run_on_two_processes_resumes_on_one(single, tmp_path):
                                                                       "--budget.schedule_steps", "6"])
     resumed, _ = pretrain(tmp_path, data, 1, batch_size=4)
     assert len(resumed) == STEPS
-    assert max(abs(a - b) for a, b in zip(losses, resumed)) < 1e-5, (losses, resumed)
+    assert_losses_match(losses, resumed)

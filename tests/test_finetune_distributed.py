@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from helpers import logged_losses, needs_torchrun, run_minillama
+from helpers import assert_losses_match, logged_losses, needs_torchrun, run_minillama
 
 from minillama.finetune.batches import Example
 from minillama.finetune.sft_data import load_conversations
@@ -95,8 +95,8 @@ def classify(out, tokenizer, processes, batch_size, parallel="ddp"):
 def assert_match(single, two):
     (losses, val_losses), (two_losses, two_val) = single, two
     assert len(two_losses) == len(losses) == STEPS and len(two_val) == len(val_losses) == 2
-    assert max(abs(a - b) for a, b in zip(losses, two_losses)) < 1e-5, (losses, two_losses)
-    assert max(abs(a - b) for a, b in zip(val_losses, two_val)) < 1e-5, (val_losses, two_val)
+    assert_losses_match(losses, two_losses)
+    assert_losses_match(val_losses, two_val)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from helpers import logged_losses, needs_torchrun, run_minillama
+from helpers import assert_losses_match, logged_losses, needs_torchrun, run_minillama
 
 from minillama.seq2seq import data
 from minillama.seq2seq.model import MiniSeq2Seq
@@ -57,8 +57,8 @@ def test_two_processes_match_one_with_the_same_global_batch(single, pairs, tmp_p
     losses, val_losses = single
     two_losses, two_val = translate(tmp_path, pairs, 2, batch_size=2, parallel=parallel)
     assert len(two_losses) == len(losses) == STEPS and len(two_val) == len(val_losses) == 2
-    assert max(abs(a - b) for a, b in zip(losses, two_losses)) < 1e-5, (losses, two_losses)
-    assert max(abs(a - b) for a, b in zip(val_losses, two_val)) < 1e-5, (val_losses, two_val)
+    assert_losses_match(losses, two_losses)
+    assert_losses_match(val_losses, two_val)
     assert losses[-1] < losses[0]  # it trains
     # Rank 0 alone wrote: each checkpoint once, whole (it verifies and loads in this one process),
     # and the final model with its test scores.
@@ -76,7 +76,7 @@ def test_a_run_on_two_processes_resumes_on_one(single, pairs, tmp_path):
                                                                         "--budget.schedule_steps", "6"])
     resumed, _ = translate(tmp_path, pairs, 1, batch_size=4)
     assert len(resumed) == STEPS
-    assert max(abs(a - b) for a, b in zip(losses, resumed)) < 1e-5, (losses, resumed)
+    assert_losses_match(losses, resumed)
 
 
 def test_ranks_draw_their_own_dropout_and_a_run_resumes_exactly_on_as_many(pairs, tmp_path):

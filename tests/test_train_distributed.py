@@ -7,7 +7,7 @@ import socket
 import subprocess
 
 import pytest
-from helpers import TORCHRUN, logged_losses, needs_torchrun, run_minillama
+from helpers import TORCHRUN, assert_losses_match, logged_losses, needs_torchrun, run_minillama
 from helpers import TORCHRUN_ENV as ENV
 
 from minillama.model import MiniLlama
@@ -61,8 +61,8 @@ def test_two_processes_match_one_with_the_same_global_batch(single_accum, small_
     _, (losses, val_losses) = single_accum
     two_losses, two_val = train(tmp_path, small_corpus, 2, batch_size=2, parallel=parallel, extra=ACCUM)
     assert len(two_losses) == len(losses) == STEPS
-    assert max(abs(a - b) for a, b in zip(losses, two_losses)) < 1e-5, (losses, two_losses)
-    assert max(abs(a - b) for a, b in zip(val_losses, two_val)) < 1e-5
+    assert_losses_match(losses, two_losses)
+    assert_losses_match(val_losses, two_val)
     assert losses[-1] < losses[0]  # it trains
     # Only rank 0 wrote; the checkpoint holds the full model and loads in a single process.
     latest = (tmp_path / "checkpoints" / "latest").read_text().strip()
@@ -93,7 +93,7 @@ def test_a_checkpoint_resumes_under_another_stage_and_world_size(single, small_c
     train(tmp_path, small_corpus, processes, batch_size=8 // processes, parallel=stage, extra=HALF)
     resumed, _ = train(tmp_path, small_corpus, next_processes, batch_size=8 // next_processes, parallel=next_stage)
     assert len(resumed) == STEPS
-    assert max(abs(a - b) for a, b in zip(losses, resumed)) < 1e-5, (losses, resumed)
+    assert_losses_match(losses, resumed)
 
 
 def free_port():
@@ -125,8 +125,8 @@ def test_two_nodes_train_as_one_two_process_job(single_accum, small_corpus, tmp_
     two_losses, two_val = train(tmp_path, small_corpus, 2, batch_size=2, parallel="zero3", extra=ACCUM,
                                 launch=two_nodes)
     assert len(two_losses) == STEPS
-    assert max(abs(a - b) for a, b in zip(losses, two_losses)) < 1e-5, (losses, two_losses)
-    assert max(abs(a - b) for a, b in zip(val_losses, two_val)) < 1e-5
+    assert_losses_match(losses, two_losses)
+    assert_losses_match(val_losses, two_val)
     assert memory_record(tmp_path)["world_size"] == 2
 
 
@@ -137,7 +137,7 @@ def test_mixed_precision_under_sharding_follows_one_process(small_corpus, tmp_pa
     one, _ = train(tmp_path / "one", small_corpus, 1, batch_size=4, extra=bf16)
     two, _ = train(tmp_path / "two", small_corpus, 2, batch_size=2, parallel="zero2", extra=bf16)
     assert len(two) == len(one) == 4
-    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-3, (one, two)
+    assert_losses_match(one, two, 1e-3)
 
 
 def test_a_validation_split_of_uneven_windows_is_evaluated_under_zero3(small_corpus, tmp_path):
