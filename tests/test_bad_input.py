@@ -425,3 +425,16 @@ def test_classification_labels_that_are_no_class_ids_are_one_line(small_corpus, 
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
         assert all(word in lines[0] for word in words), lines[0]
+
+
+def test_classify_training_sets_that_are_not_labelled_sentiment_are_one_line(tmp_path, capsys):
+    """classify train --data.dataset: an unknown name, or a file whose class ids SST-2's two classes
+    do not have, is refused before a run directory is made."""
+    (tmp_path / "ids.tsv").write_text("label\tsentence\n1\ta fine film\n2\tso-so\n")
+    for dataset, words in (("sst5", ["'sst5'", "sst2-glue", "label<TAB>sentence"]),
+                           (str(tmp_path / "ids.tsv"), ["ids.tsv:3", "class id 2 is not one of"])):
+        code = main(["classify", "train", "--data.dataset", dataset, "--run.out_dir", str(tmp_path / "run")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert all(word in lines[0] for word in words), lines[0]
+        assert not (tmp_path / "run").exists()

@@ -116,3 +116,20 @@ def test_classify_cli_trains_and_evaluates_on_sst2(small_corpus, tmp_path, capsy
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["test"]["accuracy"]
     reference = transformers.AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert reference.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_glue_training_set_holds_the_sentences_and_none_of_the_test_set(tmp_path):
+    """sst2-glue is GLUE's SST-2 training set: 67,349 labelled phrases, among them (nearly) every SST-2
+    training sentence with its label, and (one accidental match aside) no test sentence."""
+    from minillama.finetune.classify import sst2_split, training_pairs
+
+    glue = training_pairs("sst2-glue")
+    assert len(glue) == 67_349 and {label for label, _ in glue} == {0, 1}
+    labels = {" ".join(text.split()): label for label, text in glue}
+    sentences = [(label, " ".join(text.split())) for label, text in training_pairs("sst2")]
+    found = [(label, text) for label, text in sentences if text in labels]
+    assert len(found) > 0.9 * len(sentences)
+    assert sum(labels[text] == label for label, text in found) > 0.99 * len(found)
+    assert sum(" ".join(text.split()) in labels for _, text in sst2_split("test")) <= 1
+    (tmp_path / "mine.tsv").write_text("label\tsentence\n1\ta fine film\n0\tdull\n")
+    assert training_pairs(str(tmp_path / "mine.tsv")) == [(1, "a fine film"), (0, "dull")]

@@ -40,6 +40,10 @@ from minillama.train.loop import Trainer
 log = logging.getLogger(__name__)
 SST2_LABELS = ("negative", "positive")  # SST-2's label column holds 0 / 1
 SPLITS = ("train", "dev", "test")
+# The training sets `classify train --data.dataset NAME` names: SST-2's 6,920 sentences, or GLUE's
+# SST-2 training set (67,349 labelled phrases of the treebank's training sentences, the sentences
+# among them); the dev and test sentences are in neither.
+TRAINING_SETS = {"sst2": "sentiment/sst2_train.tsv.gz", "sst2-glue": "sentiment/sst2_glue_train.tsv.gz"}
 
 
 def read_labelled_tsv(path: str | os.PathLike) -> list[tuple[int, str]]:
@@ -64,6 +68,21 @@ def sst2_split(split: str) -> list[tuple[int, str]]:
     if split not in SPLITS:
         raise ValueError(f"SST-2 splits are {', '.join(SPLITS)}, not {split!r}")
     return read_labelled_tsv(asset_path(f"sentiment/sst2_{split}.tsv.gz"))
+
+
+def training_pairs(dataset: str) -> list[tuple[int, str]]:
+    """(label, sentence) pairs to train on: a name of `TRAINING_SETS` or a `label<TAB>sentence` file
+    with a header line and SST-2's class ids (0 negative, 1 positive)."""
+    from minillama.assets import asset_path
+
+    if dataset in TRAINING_SETS:
+        return read_labelled_tsv(asset_path(TRAINING_SETS[dataset]))
+    if not Path(dataset).is_file():
+        raise MiniLlamaError(f"classify data.dataset {dataset!r} is neither {' nor '.join(TRAINING_SETS)} nor a "
+                             "label<TAB>sentence file")
+    pairs = read_labelled_tsv(dataset)
+    check_labels(pairs, list(SST2_LABELS), dataset)
+    return pairs
 
 
 PAD_WORD, UNKNOWN_WORD = 0, 1  # the ids `sst2_word_ids` gives padding and words outside the vocabulary
@@ -239,16 +258,16 @@ def build_bert_classifier(settings: ClassifySettings, tokenizer_dir: Path, label
 
 
 def ensure_classify_tokenizer(config: TrainConfig, settings: ClassifySettings, out_dir: Path,
-                              dist: Distributed) -> Path:
-    """The tokenizer: data.tokenizer, the base's, or one trained on the SST-2 training sentences."""
+                              dist: Distributed, train_pairs: list[tuple[int, str]]) -> Path:
+    """The tokenizer: data.tokenizer, the base's, or one trained on the training sentences."""
     if config.data.tokenizer or settings.base:
         return Path(config.data.tokenizer or settings.base)
     path = out_dir / "tokenizer"
     if dist.is_main and not (path / "tokenizer.json").is_file():
         from minillama.tokenizer import DEFAULT_SPECIAL_TOKENS, train_tokenizer
 
-        text = out_dir / "sst2_train.txt"
-        text.write_text("\n".join(s for _, s in sst2_split("train")) + "\n", encoding="utf-8")
+        text = out_dir / "train_sentences.txt"
+        text.write_text("\n".join(s for _, s in train_pairs) + "\n", encoding="utf-8")
         train_tokenizer(text, config.data.vocab_size, DEFAULT_SPECIAL_TOKENS, path)
         text.unlink()
     dist.barrier()
@@ -256,16 +275,19 @@ def ensure_classify_tokenizer(config: TrainConfig, settings: ClassifySettings, o
 
 
 def train_classifier(config: TrainConfig, settings: ClassifySettings) -> dict[str, Any]:
-    """Train on the SST-2 train split (validating on dev); returns the report (dev and test accuracy)."""
+    """Train on data.dataset (`training_pairs`), validating on the SST-2 dev split; returns the report
+    (dev and test accuracy)."""
+    train_pairs = training_pairs(config.data.dataset)  # refused before any run directory is made
     dist = Distributed.from_env(config.run.device, config.run.threads)
     lock = claim_run_directory(config.run.out_dir) if dist.is_main else None
     try:
         out_dir = Path(config.run.out_dir)
-        tokenizer_dir = ensure_classify_tokenizer(config, settings, out_dir, dist)
+        tokenizer_dir = ensure_classify_tokenizer(config, settings, out_dir, dist, train_pairs)
         torch.manual_seed(config.run.seed)
         model, tokenizer = build_classifier(config, settings, tokenizer_dir, list(SST2_LABELS))
         max_len = min(config.data.seq_len, model.config.max_position_embeddings)
-        train, dev = (encode_sentences(tokenizer, sst2_split(s), max_len) for s in ("train", "dev"))
+        train = encode_sentences(tokenizer, train_pairs, max_len)
+        dev = encode_sentences(tokenizer, sst2_split("dev"), max_len)
         pad = model.config.pad_token_id
         batches = ExampleBatches(train, config.data.batch_size, partial(pad_batch, pad_token_id=pad),
                                  seed=config.run.seed, rank=dist.rank, world_size=dist.world_size)
