@@ -2,13 +2,15 @@
 
     OMP_NUM_THREADS=1 python experiments/vocab_extension.py          # the table and plot in docs/tokenizer.md
     python experiments/vocab_extension.py --base-steps 1000 --steps 500 --add 3000
+    OMP_NUM_THREADS=1 python experiments/vocab_extension.py --base-data tinystories-sample:0.9,tatoeba-zh:0.1 \
+        --out runs/vocab-extension-zh-base     # a base that read some Chinese as bytes
 
 1. A 2,048-token byte-level BPE on the shipped TinyStories sample (English), extended with --add
    tokens learned on the training split of the shipped Tatoeba Chinese sentences (`tatoeba-zh`).
    Bytes per token before and after, on the held-out Chinese sentences and the TinyStories
    validation stories.
 2. An English base model (the `tiny` shape with --layers layers) pretrained for --base-steps on
-   TinyStories.
+   TinyStories (or on --base-data: a mixture in which it also reads some Chinese, as UTF-8 bytes).
 3. Continued pretraining of that model for the same --steps, on the same mixture
    (tinystories-sample:0.5,tatoeba-zh:0.5), seed and schedule, four ways: without extension (the old
    tokenizer: Chinese as UTF-8 bytes), and extended with the new rows initialised random, mean and
@@ -50,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--add", type=int, default=2048, help="Chinese tokens to add")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--base-steps", type=int, default=400)
+    p.add_argument("--base-data", default="tinystories-sample",
+                   help="the base model's corpus, e.g. tinystories-sample:0.9,tatoeba-zh:0.1 for a base that read "
+                        "some Chinese as UTF-8 bytes before its vocabulary is extended")
     p.add_argument("--steps", type=int, default=300, help="continued-pretraining steps per variant")
     p.add_argument("--checkpoints", type=int, default=6, help="evaluated checkpoints per variant")
     p.add_argument("--warmup-steps", type=int, default=100,
@@ -188,7 +193,7 @@ def main() -> None:
     log.info("bytes/token: %s", compression)
 
     if not list_checkpoints(out / "base" / "checkpoints"):
-        train(args, out / "base", args.base_steps, "tinystories-sample", "--data.tokenizer", str(out / "tok-en"),
+        train(args, out / "base", args.base_steps, args.base_data, "--data.tokenizer", str(out / "tok-en"),
               "--model.preset", "tiny", "--model.num_hidden_layers", str(args.layers))
     base = resolve_checkpoint(out / "base")
     starts = {"none": base}
