@@ -273,6 +273,10 @@ CASES = {
     "bert fill-mask of a causal model": (["bert", "fill-mask", "--checkpoint", "hf", "--text", "A [MASK]."],
                                          ["is not a BERT model", "minillama bert pretrain"], None),
     "bert eval of a causal model": (["bert", "eval", "--checkpoint", "run"], ["is not a BERT model"], None),
+    "bert pretrain masking every token": (["bert", "pretrain", "--mlm-probability", "1", "--run.out_dir", "new"],
+                                          ["--mlm-probability must be between 0 and 1, got 1.0"], None),
+    "bert pretrain from a causal model": (["bert", "pretrain", "--run.init_from", "hf", "--run.out_dir", "new"],
+                                          ["is not a BERT model", "minillama bert pretrain"], None),
     # ---- translation ----------------------------------------------------------------------------------
     "translate train on a line without a tab": (["translate", "train", "--data", "no_tab.tsv", "--run.out_dir", "new"],
                                                 ["no_tab.tsv:2: expected 'source<TAB>target', found no tab"], None),

@@ -83,14 +83,15 @@ class _Sized:
         return VOCAB
 
 
-def _batches(tmp_path, mode="sequential", seed=3, rank=0, world_size=1):
+def _batches(tmp_path, mode="sequential", seed=3, rank=0, world_size=1, probability=0.15):
     ids = np.random.default_rng(0).integers(5, VOCAB, 2000)
     ids[::50] = SEP  # document boundaries
     path = tmp_path / "train.bin"
     if not path.exists():
         write_token_file(path, ids)
     tokenizer = SimpleNamespace(cls_token_id=CLS, sep_token_id=SEP, mask_token_id=MASK, special_ids=lambda: SPECIAL)
-    return MLMBatches(TokenLoader(path, 4, 30, mode=mode, seed=seed), tokenizer, VOCAB, seed, rank, world_size)
+    return MLMBatches(TokenLoader(path, 4, 30, mode=mode, seed=seed), tokenizer, VOCAB, seed, rank, world_size,
+                      probability)
 
 
 def test_batches_frame_windows_with_cls_and_sep(tmp_path):
@@ -128,6 +129,25 @@ def test_masks_resume_exactly_and_follow_the_seed(tmp_path):
     assert not torch.equal(next(fresh)["input_ids"], next(other)["input_ids"])
     with pytest.raises(ValueError, match="seed"):
         other.load_state_dict(state)
+
+
+def test_another_masking_rate_trains_on_it_validates_at_15_percent_and_resumes_only_at_it(tmp_path):
+    """--mlm-probability 0.4 selects 40 % of the tokens for the loss (80/10/10 among them as ever);
+    validation batches are masked at BERT's 15 % whatever the training rate, and a run resumes only
+    at its own rate."""
+    from minillama.bert.pretrain import validation_batches
+
+    rated = _batches(tmp_path, probability=0.4)
+    selected = sum(int((next(rated)["labels"] != -100).sum()) for _ in range(100))
+    candidates = 100 * 4 * 30  # non-special positions, but for the [SEP]s inside the windows
+    assert 0.37 < selected / candidates < 0.41
+    tokens = np.random.default_rng(1).integers(5, VOCAB, 4000)
+    chosen = [int((b["labels"] != -100).sum()) for b in validation_batches(rated, tokens, 4, 32)]
+    assert abs(sum(chosen) / (len(chosen) * 4 * 30) - 0.15) < 0.02
+    plain = [int((b["labels"] != -100).sum()) for b in validation_batches(_batches(tmp_path), tokens, 4, 32)]
+    assert chosen == plain
+    with pytest.raises(ValueError, match="--mlm-probability 0.4"):
+        _batches(tmp_path).load_state_dict(rated.state_dict())
 
 
 def test_batch_generators_differ_by_batch():

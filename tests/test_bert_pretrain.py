@@ -100,3 +100,18 @@ def test_windows_longer_than_the_model_are_refused_before_any_work(tmp_path, cap
     assert main(["bert", "pretrain", "--run.out_dir", str(tmp_path / "x"), "--data.seq_len", "600"]) == 2
     assert "data.seq_len 600 must be from 3 to the model's max_position_embeddings 512" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_continued_pretraining_starts_from_the_model_and_its_tokenizer(run, small_corpus, tmp_path):
+    """run.init_from: the weights are the model's (one step at a negligible lr changes nothing visible,
+    while a fresh model differs everywhere) and its tokenizer is used, not a new one trained."""
+    start = run / "checkpoints" / "step-000012"
+    out = tmp_path / "continued"
+    assert pretrain(out, small_corpus[2], "--run.init_from", str(start), "--budget.max_steps", "1",
+                    "--optim.lr", "1e-9", "--optim.warmup_steps", "0", "--run.seed", "7") == 0
+    before = load_file(start / "model.safetensors")
+    after = load_file(out / "checkpoints" / "step-000001" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert not (out / "tokenizer").exists()
+    assert (out / "checkpoints/step-000001/tokenizer.json").read_bytes() == (start / "tokenizer.json").read_bytes()

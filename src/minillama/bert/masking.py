@@ -69,8 +69,11 @@ class MLMBatches:
     world_size windows), masked with the generator of (seed, step) as one process masks it, and
     rank r trains on its rows: 2 processes see the batches 1 process sees with twice the batch."""
 
-    def __init__(self, loader: Any, tokenizer: Any, vocab_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.loader, self.seed, self.vocab_size = loader, seed, vocab_size
+    def __init__(self, loader: Any, tokenizer: Any, vocab_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 probability: float = MLM_PROBABILITY):
+        if not 0 < probability < 1:
+            raise ValueError(f"the masking probability must be between 0 and 1, got {probability}")
+        self.loader, self.seed, self.vocab_size, self.probability = loader, seed, vocab_size, probability
         self.rank, self.world_size = rank, world_size
         self.cls, self.sep, self.mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
         self.special = tokenizer.special_ids()
@@ -94,19 +97,24 @@ class MLMBatches:
         weight = int(selected[mine].sum()) * self.world_size / max(1, int(selected.sum()))
         return {**{k: v[mine] for k, v in batch.items()}, "loss_weight": torch.tensor(weight)}
 
-    def frame(self, windows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """(B, T - 2) token windows -> a masked batch of (B, T) with [CLS] / [SEP] around each."""
+    def frame(self, windows: torch.Tensor, generator: torch.Generator, probability: float | None = None
+              ) -> dict[str, torch.Tensor]:
+        """(B, T - 2) token windows -> a masked batch of (B, T) with [CLS] / [SEP] around each, a share
+        `probability` (default: this stream's) of the tokens selected."""
         B = windows.shape[0]
         ids = torch.cat([torch.full((B, 1), self.cls), windows, torch.full((B, 1), self.sep)], dim=1)
         inputs, labels = mask_tokens(ids, special_tokens_mask(ids, self.special), self.mask, self.vocab_size,
-                                     generator)
+                                     generator, probability or self.probability)
         return {"input_ids": inputs, "labels": labels, "attention_mask": torch.ones_like(inputs)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.loader.state_dict(), "mlm_seed": self.seed}
+        return {**self.loader.state_dict(), "mlm_seed": self.seed, "mlm_probability": self.probability}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         if state.pop("mlm_seed", self.seed) != self.seed:
             raise ValueError("the checkpoint's masks were drawn with another seed; resume with the same run.seed")
+        if (rate := state.pop("mlm_probability", MLM_PROBABILITY)) != self.probability:
+            raise ValueError(f"the checkpoint's run masked {rate:g} of the tokens, not {self.probability:g}; resume "
+                             f"with --mlm-probability {rate:g}")
         self.loader.load_state_dict(state)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from minillama.bert.config import BertConfig
-from minillama.bert.masking import MLMBatches, batch_generator
+from minillama.bert.masking import MLM_PROBABILITY, MLMBatches, batch_generator
 from minillama.errors import MiniLlamaError
 from minillama.train import checkpoint as ckpt
 from minillama.train.config import TrainConfig
@@ -107,13 +107,15 @@ def validation_batches(batches: MLMBatches, tokens: np.ndarray, batch_size: int,
 
     global_batch = batch_size * batches.world_size
     for i, (windows, _) in enumerate(windows_of(tokens, global_batch, seq_len - 2, max_batches=max_batches)):
-        yield batches.share(batches.frame(windows, batch_generator(EVAL_SEED, i)))
+        yield batches.share(batches.frame(windows, batch_generator(EVAL_SEED, i), MLM_PROBABILITY))
 
 
 def ensure_bert_tokenizer(config: TrainConfig, dist: Distributed) -> Path:
-    """data.tokenizer, or OUT/tokenizer: a BERT BPE trained on the dataset when missing."""
+    """data.tokenizer, run.init_from's, or OUT/tokenizer: a BERT BPE trained on the dataset when missing."""
     if config.data.tokenizer:
         return Path(config.data.tokenizer)
+    if config.run.init_from:
+        return ckpt.resolve_checkpoint(config.run.init_from)
     path = Path(config.run.out_dir) / "tokenizer"
     if dist.is_main and not (path / "tokenizer.json").is_file():
         from minillama.bert.tokenizer import train_bert_tokenizer
@@ -126,8 +128,11 @@ def ensure_bert_tokenizer(config: TrainConfig, dist: Distributed) -> Path:
     return path
 
 
-def pretrain_bert(config: TrainConfig, model_settings: BertModelSettings) -> TrainingResult:
-    """Pretrain (or resume) a BertForMaskedLM as `config` says; returns the Trainer's result."""
+def pretrain_bert(config: TrainConfig, model_settings: BertModelSettings,
+                  mlm_probability: float = MLM_PROBABILITY) -> TrainingResult:
+    """Pretrain (or resume) a BertForMaskedLM as `config` says, selecting a share `mlm_probability` of
+    the tokens for the loss (BERT's 15 % by default; validation always masks 15 %, so runs at
+    different rates compare); returns the Trainer's result."""
     from minillama.bert.model import BertForMaskedLM
     from minillama.bert.tokenizer import load_bert_tokenizer
     from minillama.data import TokenLoader
@@ -136,7 +141,10 @@ def pretrain_bert(config: TrainConfig, model_settings: BertModelSettings) -> Tra
     dist = Distributed.from_env(config.run.device, config.run.threads)
     lock = None
     try:
-        positions = model_settings.build(2**20, 0).max_position_embeddings  # refused before any data work
+        # refused before any data work: another family to start from, windows longer than the positions
+        init_dir = ckpt.resolve_checkpoint(config.run.init_from) if config.run.init_from else None
+        initial = load_masked_lm(init_dir) if init_dir is not None else None
+        positions = (initial.config if initial is not None else model_settings.build(2**20, 0)).max_position_embeddings
         if not 3 <= config.data.seq_len <= positions:
             raise ValueError(f"data.seq_len {config.data.seq_len} must be from 3 to the model's "
                              f"max_position_embeddings {positions} ([CLS] and [SEP] included)")
@@ -152,16 +160,25 @@ def pretrain_bert(config: TrainConfig, model_settings: BertModelSettings) -> Tra
         named = dataclasses.replace(config.data, tokenizer=str(tokenizer_dir))  # prepare with the BERT BPE
         with_tokenizer = dataclasses.replace(config, data=named)
         tokenizer_dir, prepared, meta = ensure_data(with_tokenizer, dist)
-        bert_config = model_settings.build(tokenizer.vocab_size, tokenizer.pad_token_id)
-        data = config.data
         torch.manual_seed(config.run.seed)
-        model = BertForMaskedLM(bert_config)
+        if initial is not None:  # continued pretraining: the model's own shape and weights
+            from minillama.tokenizer import check_tokenizer_matches
+
+            if model_settings.overrides or model_settings.preset != BertModelSettings.preset:
+                log.warning("run.init_from: the model's own shape is used; the --model.* settings are ignored")
+            check_tokenizer_matches(tokenizer, initial.config.vocab_size, init_dir)
+            model, bert_config = initial, initial.config
+        else:
+            bert_config = model_settings.build(tokenizer.vocab_size, tokenizer.pad_token_id)
+            model = BertForMaskedLM(bert_config)
+        data = config.data
         if config.run.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
         # every rank reads the global batch: its masks are one process's, and each rank takes its rows
         loader = TokenLoader(prepared / "train.bin", data.batch_size * dist.world_size, data.seq_len - 2,
                              mode=data.loader, seed=config.run.seed)
-        batches = MLMBatches(loader, tokenizer, bert_config.vocab_size, config.run.seed, dist.rank, dist.world_size)
+        batches = MLMBatches(loader, tokenizer, bert_config.vocab_size, config.run.seed, dist.rank, dist.world_size,
+                             mlm_probability)
         val_tokens = TokenLoader(prepared / "val.bin", data.batch_size, data.seq_len - 2).file.tokens
 
         def evaluate(wrapped: nn.Module) -> float:
