@@ -274,7 +274,7 @@ CASES = {
                                          ["is not a BERT model", "minillama bert pretrain"], None),
     "bert eval of a causal model": (["bert", "eval", "--checkpoint", "run"], ["is not a BERT model"], None),
     "bert pretrain masking every token": (["bert", "pretrain", "--mlm-probability", "1", "--run.out_dir", "new"],
-                                          ["--mlm-probability must be between 0 and 1, got 1.0"], None),
+                                          ["--mlm-probability must be between 0 and 1", "got 1.0"], None),
     "bert pretrain from a causal model": (["bert", "pretrain", "--run.init_from", "hf", "--run.out_dir", "new"],
                                           ["is not a BERT model", "minillama bert pretrain"], None),
     # ---- translation ----------------------------------------------------------------------------------

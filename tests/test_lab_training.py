@@ -7,8 +7,8 @@ import math
 from minillama.lab import find_experiment, run_experiment
 
 
-def facts(name: str) -> dict:
-    return run_experiment(find_experiment(name), quick=True)[0].facts
+def facts(name: str, seed: int = 0) -> dict:
+    return run_experiment(find_experiment(name), quick=True, seed=seed)[0].facts
 
 
 def test_parameter_formula_equals_the_real_models_counts():
@@ -100,11 +100,17 @@ def test_extrapolation_unscaled_rope_degrades_beyond_the_context_and_ntk_yarn_he
 
 
 def test_quantization_int8_is_nearly_free_and_gptq_beats_round_to_nearest_int4():
-    f = facts("quantization")
-    int8, rtn, gptq = f["int8"], f["int4"], f["gptq-int4"]
-    assert int8["kl"] < rtn["kl"] / 10
-    assert gptq["kl"] < rtn["kl"] / 3  # GPTQ: output error, not weight error, is what it minimises
-    assert gptq["weight_error"] > 0.95 * rtn["weight_error"]
-    assert f["float32"]["bytes"] > int8["bytes"] > rtn["bytes"] == gptq["bytes"]
-    for method in ("int8", "int4", "gptq-int4"):
-        assert abs(f[method]["loss"] - f["float32"]["loss"]) < 0.02
+    """Three seeds (three trained models): GPTQ's advantage on one 150-step model ranges from 2.5x to
+    10x across seeds and CPUs (seed 0 on an AVX512 EPYC: 2.5x), so the 3x claim is on the median."""
+    ratios = []
+    for seed in (0, 1, 2):
+        f = facts("quantization", seed)
+        int8, rtn, gptq = f["int8"], f["int4"], f["gptq-int4"]
+        assert int8["kl"] < rtn["kl"] / 10
+        assert gptq["kl"] < rtn["kl"] / 2  # GPTQ: output error, not weight error, is what it minimises
+        ratios.append(gptq["kl"] / rtn["kl"])
+        assert gptq["weight_error"] > 0.95 * rtn["weight_error"]
+        assert f["float32"]["bytes"] > int8["bytes"] > rtn["bytes"] == gptq["bytes"]
+        for method in ("int8", "int4", "gptq-int4"):
+            assert abs(f[method]["loss"] - f["float32"]["loss"]) < 0.02
+    assert sorted(ratios)[1] < 1 / 3, ratios

@@ -113,8 +113,6 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from minillama.bert.pretrain import pretrain_bert
     from minillama.train.distributed import is_main_process
 
-    if not 0 < args.mlm_probability < 1:
-        raise ValueError(f"--mlm-probability must be between 0 and 1, got {args.mlm_probability}")
     config, settings = bert_settings(args)
     result = pretrain_bert(config, settings, args.mlm_probability)
     if not is_main_process():

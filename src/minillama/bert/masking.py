@@ -48,6 +48,12 @@ def mask_tokens(input_ids: torch.Tensor, special_mask: torch.Tensor, mask_token_
     return inputs, labels
 
 
+def check_mlm_probability(probability: float) -> None:
+    """A masking rate must leave something to read and something to predict."""
+    if not 0 < probability < 1:
+        raise ValueError(f"--mlm-probability must be between 0 and 1 (BERT: {MLM_PROBABILITY}), got {probability}")
+
+
 def special_tokens_mask(input_ids: torch.Tensor, special_ids: set[int] | list[int]) -> torch.Tensor:
     """(B, T) True where the id is one of `special_ids` ([PAD] [UNK] [CLS] [SEP] [MASK])."""
     return torch.isin(input_ids, torch.tensor(sorted(special_ids), dtype=input_ids.dtype))
@@ -71,8 +77,7 @@ class MLMBatches:
 
     def __init__(self, loader: Any, tokenizer: Any, vocab_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  probability: float = MLM_PROBABILITY):
-        if not 0 < probability < 1:
-            raise ValueError(f"the masking probability must be between 0 and 1, got {probability}")
+        check_mlm_probability(probability)
         self.loader, self.seed, self.vocab_size, self.probability = loader, seed, vocab_size, probability
         self.rank, self.world_size = rank, world_size
         self.cls, self.sep, self.mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from minillama.bert.config import BertConfig
-from minillama.bert.masking import MLM_PROBABILITY, MLMBatches, batch_generator
+from minillama.bert.masking import MLM_PROBABILITY, MLMBatches, batch_generator, check_mlm_probability
 from minillama.errors import MiniLlamaError
 from minillama.train import checkpoint as ckpt
 from minillama.train.config import TrainConfig
@@ -138,6 +138,7 @@ def pretrain_bert(config: TrainConfig, model_settings: BertModelSettings,
     from minillama.data import TokenLoader
     from minillama.train.pretrain import ensure_data
 
+    check_mlm_probability(mlm_probability)
     dist = Distributed.from_env(config.run.device, config.run.threads)
     lock = None
     try:
