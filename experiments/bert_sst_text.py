@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--no-stories", action="store_true", help="leave the TinyStories sample out")
     args = parser.parse_args()
     held_out = {sentence.strip() for split in ("dev", "test") for _, sentence in sst2_split(split)}
-    texts = [sentence for _, sentence in training_pairs("sst2")]
+    sentences = [sentence.strip() for _, sentence in training_pairs("sst2")]
+    texts = list(sentences)
     if args.phrases:
         texts += [phrase for _, phrase in training_pairs("sst2-glue")]
     seen: set[str] = set()
@@ -43,7 +44,7 @@ def main() -> None:
         if text and text not in seen and text not in held_out:
             seen.add(text)
             review_text.append(text)
-    sentences = {s.strip() for _, s in training_pairs("sst2")}
+    sentences = set(sentences)
     stories = [] if args.no_stories else list(load_documents("tinystories-sample", "train"))
     documents = (stories + [t for t in review_text if t in sentences] * args.copies
                  + [t for t in review_text if t not in sentences])

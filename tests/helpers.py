@@ -99,6 +99,7 @@ def logged_losses(out_dir: Path) -> tuple[list[float], list[float]]:
     records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if "loss" in r], [r["val_loss"] for r in records if "val_loss" in r]
 
+
 def assert_losses_match(expected, actual, tolerance=1e-5):
     """Two runs' loss lists agree step for step within `tolerance`, with as many steps."""
     assert len(expected) == len(actual), (expected, actual)
