@@ -83,7 +83,8 @@ def test_pipeline_smoke_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["pipeline", "--out", str(out), "--minutes", "5", "--budget.max_steps", "3",
                  "--model.preset", "debug", "--data.vocab_size", "300", "--data.seq_len", "64",
-                 "--data.batch_size", "4", "--max-new-tokens", "12", "--run.progress", "false"]) == 0
+                 "--data.batch_size", "4", "--max-new-tokens", "12", "--run.progress", "false",
+                 "--run.compile", "false"]) == 0
     printed = capsys.readouterr().out
     assert "One day, Lily met a Shoggoth" in printed and "bits/byte" in printed
     for name in ("tokenizer/tokenizer.json", "data/meta.json", "checkpoints/latest", "metrics.jsonl",
@@ -92,6 +93,15 @@ def test_pipeline_smoke_run(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 3 and report["bits_per_byte"] > 0 and 0 <= report["repeated_4grams"] <= 1
     transformers.AutoModelForCausalLM.from_pretrained(out / "hf")
+
+    # a second run on the first one's tokenizer and token files (what experiments/demo_budget.py does),
+    # with the demo's own settings: compiled (where a C++ compiler exists), Muon
+    again = tmp_path / "again"
+    assert main(["pipeline", "--out", str(again), "--budget.max_steps", "2", "--model.preset", "debug",
+                 "--data.tokenizer", str(out / "tokenizer"), "--data.prepared", str(out / "data"),
+                 "--data.seq_len", "64", "--max-new-tokens", "4", "--run.progress", "false"]) == 0
+    assert not (again / "tokenizer").exists() and (again / "hf/tokenizer.json").exists()
+    assert json.loads((again / "report.json").read_text())["steps"] == 2
 
 
 def test_the_story_repetition_measure():

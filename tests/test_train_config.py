@@ -23,11 +23,21 @@ def test_shipped_configs_load_and_build_their_model(path):
     assert model_config.vocab_size == 4096 and config.model.preset == path.stem
 
 
-def test_defaults_are_the_tiny_demo_config():
-    """`minillama train` with no arguments and configs/tiny.toml train the same run."""
+def test_the_tiny_config_is_the_pipelines_training():
+    """configs/tiny.toml trains what `minillama pipeline` does: `minillama train`'s defaults with
+    Muon at lr 3e-3 down to a tenth, compiled (the pipeline compiles where a C++ compiler exists)."""
+    from minillama.pipeline import pipeline_defaults
+
     tiny = parse(["--config", str(Path(__file__).parents[1] / "configs" / "tiny.toml")])
     tiny.budget.max_minutes = None
-    assert tiny == parse([])
+    demo = pipeline_defaults()
+    demo.run.compile = True
+    assert tiny == demo
+    plain = parse([])
+    assert (plain.optim.optimizer, plain.optim.lr, plain.optim.min_lr_ratio, plain.run.compile) == \
+        ("adamw", 2e-3, 0.3, False)
+    plain.optim.optimizer, plain.optim.lr, plain.optim.min_lr_ratio, plain.run.compile = "muon", 3e-3, 0.1, True
+    assert tiny == plain
 
 
 def test_file_then_command_line_overrides(tmp_path):

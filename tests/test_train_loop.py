@@ -278,3 +278,28 @@ def test_an_interrupted_run_says_which_step_its_validation_loss_is_from(tmp_path
 
     result = run(make_config(tmp_path, max_steps=100), loss_fn=interrupting)
     assert (result.stopped_by, result.step, result.val_step) == ("interrupted", 6, 4)
+
+
+def test_compiled_training_follows_eager_training(tmp_path):
+    """run.compile (the demo's default where a C++ compiler exists) trains the same model: every
+    step's loss within float tolerance of the eager run's."""
+    eager, compiled = make_config(tmp_path / "eager", max_steps=6), make_config(tmp_path / "compiled", max_steps=6)
+    compiled.run.compile = True
+    for config in (eager, compiled):
+        config.run.log_interval = 1
+        run(config)
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert [b[s] for s in b] == pytest.approx([a[s] for s in a], rel=1e-4)
+
+
+def test_compiling_without_a_cpp_compiler_is_one_clear_error(tmp_path, monkeypatch):
+    from minillama.errors import MiniLlamaError
+    from minillama.train import distributed
+
+    monkeypatch.setattr(distributed, "cpp_compiler_available", lambda: False)
+    config = make_config(tmp_path, max_steps=2)
+    config.run.compile = True
+    with pytest.raises(MiniLlamaError, match="needs a C.. compiler.*install g\\+\\+") as error:
+        run(config)
+    assert error.value.remedy[:2] == ("run.compile", "false")

@@ -37,6 +37,15 @@ def cpu_has_native_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
+def cpp_compiler_available() -> bool:
+    """Whether torch.compile can build CPU kernels here: inductor writes C++ and compiles it with
+    $CXX, else g++ (or c++ / clang++) on the PATH."""
+    import shutil
+
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return any(shutil.which(name) for name in names)
+
+
 def cpu_description() -> str:
     """The CPU model and its widest vector / matrix extensions, for benchmark reports:
     e.g. "Intel(R) Xeon(R) Platinum 8480+ (amx, avx512, avx2)"."""

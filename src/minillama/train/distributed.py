@@ -32,7 +32,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from minillama.hardware import available_cpus, resolve_device
+from minillama.errors import MiniLlamaError
+from minillama.hardware import available_cpus, cpp_compiler_available, resolve_device
 from minillama.train.config import PARALLEL_ALIASES
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -96,6 +97,10 @@ class Distributed:
 
             wrapped = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
+        if compile and self.device.type == "cpu" and not cpp_compiler_available():
+            raise MiniLlamaError("run.compile needs a C++ compiler on the CPU (torch.compile writes C++ kernels) and "
+                                 "none was found: install g++ or set CXX", remedy=("run.compile", "false", "train "
+                                                                                   "without compiling"))
         return torch.compile(wrapped) if compile else wrapped
 
     def no_sync(self, wrapped: nn.Module, last: bool):

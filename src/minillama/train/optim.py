@@ -8,7 +8,9 @@ import math
 import torch
 from torch import nn
 
+from minillama.hardware import cpu_has_native_bf16
 from minillama.train.config import OptimSection
+from minillama.train.muon import Muon
 
 
 def build_optimizers(model: nn.Module, optim: OptimSection, device_type: str,
@@ -17,7 +19,8 @@ def build_optimizers(model: nn.Module, optim: OptimSection, device_type: str,
     matrices inside `model.blocks()` and AdamW for the rest (embeddings, head, norms, biases):
     Muon orthogonalises a matrix's momentum, which suits hidden matrices, not a lookup table or
     the logits' projection (Jordan et al. 2024). Muon's update is scaled to AdamW's RMS
-    (`adjust_lr_fn="match_rms_adamw"`, Liu et al. 2025), so one learning rate serves both.
+    (`adjust_lr_fn="match_rms_adamw"`, Liu et al. 2025), so one learning rate serves both. It is
+    `train.muon.Muon`, torch.optim.Muon's update with the iterations batched per matrix shape.
 
     Norms and biases (1-D tensors) get no weight decay: shrinking them only hurts. AdamW is the
     fused kernel (one pass over each parameter, its gradient and state) on CUDA and CPU, where it
@@ -48,8 +51,11 @@ def build_optimizers(model: nn.Module, optim: OptimSection, device_type: str,
     optimizers = [make(torch.optim.AdamW, [g for g in groups if g["params"]], lr=optim.lr,
                        betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused, foreach=None if fused else True)]
     if muon:
-        optimizers.append(make(torch.optim.Muon, muon, lr=optim.lr, weight_decay=optim.weight_decay,
-                               adjust_lr_fn="match_rms_adamw"))
+        # bf16 Newton-Schulz where it runs natively (torch.optim.Muon's choice), else float32
+        native_bf16 = device_type == "cuda" or (device_type == "cpu" and cpu_has_native_bf16())
+        optimizers.append(make(Muon, muon, lr=optim.lr, weight_decay=optim.weight_decay,
+                               adjust_lr_fn="match_rms_adamw",
+                               ns_dtype="bfloat16" if native_bf16 else "float32"))
     return optimizers
 
 
