@@ -47,10 +47,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run_directory(out: Path, index: int, seed: int) -> Path:
-    return out / f"v{index}-seed{seed}"
-
-
 def run_variant(directory: Path, arguments: str, seed: int, minutes: float, shared: Path | None) -> dict:
     """One pipeline run (or its existing report): the report's figures."""
     report = directory / "report.json"
@@ -74,7 +70,7 @@ def main() -> None:
     results = []
     for index, (name, arguments) in enumerate(variants.items()):
         for seed in args.seeds:
-            directory = run_directory(out, index, seed)
+            directory = out / f"v{index}-seed{seed}"
             report = run_variant(directory, arguments, seed, args.minutes, shared)
             if shared is None and (directory / "tokenizer").is_dir():  # it trained its own
                 shared = directory

@@ -92,6 +92,19 @@ def test_batched_muon_follows_torch_optim_muon(adjust_lr_fn):
         assert (step_fp32 - step_bf16).norm() < 0.03 * step_fp32.norm()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_muon_iterates_in_bf16_exactly_where_training_would(native, monkeypatch):
+    """One policy (hardware.runs_bf16_natively) picks autocast's bf16 and Muon's iteration dtype."""
+    from minillama import hardware
+    from minillama.train.loop import resolve_precision
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    _, muon = build_optimizers(MiniLlama(ModelConfig.from_preset("debug")), OptimSection(optimizer="muon"), "cpu")
+    autocast = resolve_precision("auto", torch.device("cpu"))
+    assert (muon.defaults["ns_dtype"], autocast) == (("bfloat16", torch.bfloat16) if native else
+                                                     ("float32", torch.float32))
+
+
 def test_a_muon_step_has_adamw_size_and_an_orthogonalised_direction():
     """Muon moves a matrix by lr x an update whose RMS is about AdamW's (0.2: match_rms_adamw) and
     whose singular values are nearly equal (Newton-Schulz), unlike the gradient's."""

@@ -37,6 +37,16 @@ def cpu_has_native_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
+def runs_bf16_natively(device: Any) -> bool:
+    """Whether bf16 matmuls run natively on this `torch.device`: a CUDA GPU that supports them, or
+    a CPU with AMX / AVX512-BF16 (elsewhere torch emulates them, far slower than float32)."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def cpp_compiler_available() -> bool:
     """Whether torch.compile can build CPU kernels here: inductor writes C++ and compiles it with
     $CXX, else g++ (or c++ / clang++) on the PATH."""

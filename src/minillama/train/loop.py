@@ -26,7 +26,7 @@ from torch import nn
 
 from minillama.errors import CheckpointError, MiniLlamaError
 from minillama.files import DirectoryLock
-from minillama.hardware import cpu_has_native_bf16
+from minillama.hardware import runs_bf16_natively
 from minillama.model import MiniLlama, ModelConfig, io
 from minillama.model.config import IGNORE_INDEX
 from minillama.progress import progress_bar
@@ -101,11 +101,9 @@ def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
     else float32."""
     if requested != "auto":
         return getattr(torch, requested)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if runs_bf16_natively(device):
         return torch.bfloat16
-    return torch.float32
+    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 class Trainer:

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from minillama.hardware import cpu_has_native_bf16
+from minillama.hardware import runs_bf16_natively
 from minillama.train.config import OptimSection
 from minillama.train.muon import Muon
 
@@ -51,8 +51,8 @@ def build_optimizers(model: nn.Module, optim: OptimSection, device_type: str,
     optimizers = [make(torch.optim.AdamW, [g for g in groups if g["params"]], lr=optim.lr,
                        betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused, foreach=None if fused else True)]
     if muon:
-        # bf16 Newton-Schulz where it runs natively (torch.optim.Muon's choice), else float32
-        native_bf16 = device_type == "cuda" or (device_type == "cpu" and cpu_has_native_bf16())
+        # bf16 Newton-Schulz (torch.optim.Muon's choice) where it runs natively, else float32
+        native_bf16 = runs_bf16_natively(torch.device(device_type))
         optimizers.append(make(Muon, muon, lr=optim.lr, weight_decay=optim.weight_decay,
                                adjust_lr_fn="match_rms_adamw",
                                ns_dtype="bfloat16" if native_bf16 else "float32"))
